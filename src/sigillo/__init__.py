@@ -1,0 +1,1 @@
+"""sigillo: secure email delivery, verified TLS first, a web portal otherwise."""

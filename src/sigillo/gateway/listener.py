@@ -1,0 +1,192 @@
+"""The SMTP listener: the organisation's mail server relays outbound mail to it.
+
+It answers 250 to DATA only after the message, its envelope and one queue job per recipient
+are committed; everything before that is refused with a code the client understands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import ssl
+from collections.abc import Callable
+from email.utils import format_datetime
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy.exc import SQLAlchemyError
+
+from sigillo.config import Settings
+from sigillo.gateway import queue
+from sigillo.gateway.addresses import AddressError, split_mailbox
+from sigillo.store.crypto import Keyring
+from sigillo.store.db import Store
+
+log = structlog.get_logger("sigillo.listener")
+
+_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+MAX_HOPS = 50
+"""More Received headers than this means a loop (Postfix's hopcount_limit is 50 too)."""
+
+
+class GatewayHandler:
+    """aiosmtpd hooks. Every hook is async and never blocks the event loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        keyring: Keyring,
+        on_queued: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.keyring = keyring
+        self.on_queued = on_queued
+        self.networks = [
+            ipaddress.ip_network(n, strict=False) for n in settings.smtp.trusted_networks
+        ]
+
+    def _trusted(self, session: Session) -> bool:
+        try:
+            address = ipaddress.ip_address(_client(session))
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in net for net in self.networks)
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if not self._trusted(session):
+            log.warning("relay_refused", client=_client(session))
+            return "554 5.7.1 Relay access denied: this client is not in smtp.trusted_networks"
+        if address:
+            try:
+                split_mailbox(address)
+            except AddressError as exc:
+                return f"553 5.1.7 Sender address rejected: {exc}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if not self._trusted(session):
+            return "554 5.7.1 Relay access denied: this client is not in smtp.trusted_networks"
+        if options:
+            return "555 5.5.4 RCPT parameters not supported"
+        try:
+            split_mailbox(address)
+        except AddressError as exc:
+            return f"553 5.1.3 Recipient address rejected: {exc}"
+        if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
+            return "452 4.5.3 Too many recipients; send the rest in another transaction"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content
+        if content is None:
+            return "554 5.6.0 No message content"
+        # A lone CR or LF is how SMTP smuggling hides a second message behind "\n.\n".
+        if _BARE_NEWLINE.search(content):
+            return "550 5.6.11 Message refused: bare CR or LF line ending (use CRLF)"
+        hops = len(re.findall(rb"(?im)^received:", _header_block(content)))
+        if hops > MAX_HOPS:
+            return "554 5.4.6 Mail loop: too many Received headers"
+        msg_id = queue.new_message_id()
+        stamped = self._received_header(session, envelope, msg_id) + content
+        recipients = []
+        for rcpt in envelope.rcpt_tos:
+            _, domain = split_mailbox(rcpt)
+            recipients.append(queue.Recipient(rcpt, domain))
+        try:
+            await queue.enqueue(
+                self.store,
+                self.keyring,
+                self.settings.delivery,
+                mail_from=envelope.mail_from or "",
+                recipients=recipients,
+                content=stamped,
+                client_address=_client(session),
+                msg_id=msg_id,
+            )
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("store_failed", error=str(exc).splitlines()[0], client=_client(session))
+            return "451 4.3.0 Temporary failure storing the message; try again later"
+        log.info("accepted", message=msg_id, recipients=len(recipients), size=len(content))
+        if self.on_queued is not None:
+            self.on_queued()
+        return f"250 2.0.0 OK queued as {msg_id}"
+
+    def _received_header(self, session: Session, envelope: Envelope, msg_id: str) -> bytes:
+        helo = re.sub(r"[^\x21-\x7e]", "?", session.host_name or "unknown")[:255]
+        proto = "ESMTPS" if session.ssl else "ESMTP"
+        stamp = format_datetime(queue.utcnow())
+        line = (
+            f"Received: from {helo} ([{_client(session)}])\r\n"
+            f"\tby {self.settings.smtp.hostname} (sigillo) with {proto} id {msg_id};\r\n"
+            f"\t{stamp}\r\n"
+        )
+        return line.encode("ascii")
+
+
+def _client(session: Session) -> str:
+    peer: Any = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def _header_block(content: bytes) -> bytes:
+    end = content.find(b"\r\n\r\n")
+    return content if end < 0 else content[:end]
+
+
+def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    smtp = settings.smtp
+    if smtp.tls_cert_file is None or smtp.tls_key_file is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(smtp.tls_cert_file), str(smtp.tls_key_file))
+    return ctx
+
+
+def smtp_factory(settings: Settings, handler: GatewayHandler) -> Callable[[], SMTP]:
+    tls = server_tls_context(settings)
+    smtp = settings.smtp
+
+    def make() -> SMTP:
+        kwargs: dict[str, Any] = {}
+        if tls is not None:
+            kwargs["tls_context"] = tls
+            kwargs["require_starttls"] = smtp.require_starttls
+        return SMTP(
+            handler,
+            hostname=smtp.hostname,
+            ident="sigillo",
+            data_size_limit=smtp.max_message_size,
+            enable_SMTPUTF8=False,
+            decode_data=False,
+            **kwargs,
+        )
+
+    return make
+
+
+async def start_listener(
+    settings: Settings,
+    store: Store,
+    keyring: Keyring,
+    on_queued: Callable[[], None] | None = None,
+) -> asyncio.Server:
+    handler = GatewayHandler(settings, store, keyring, on_queued)
+    host, port = settings.smtp.listen_address
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(smtp_factory(settings, handler), host=host, port=port)
+    log.info("smtp_listening", address=f"{host}:{server.sockets[0].getsockname()[1]}")
+    return server

@@ -1,0 +1,272 @@
+"""The durable queue: accepting messages, claiming jobs under a lease, recording results.
+
+Every state change is one transaction. A job is owned by a worker only while its lease runs;
+a worker that dies leaves the lease to expire and another worker (or the restarted one)
+claims the job again. A job whose claims keep ending without a result is set aside (HELD).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from sqlalchemy import and_, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
+
+from sigillo.config import DeliverySettings
+from sigillo.store.crypto import Keyring
+from sigillo.store.db import Store
+from sigillo.store.models import Attempt, Job, JobKind, JobState, Message
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_message_id() -> str:
+    return secrets.token_hex(16)
+
+
+def message_id_hash(value: str) -> str | None:
+    """Normalised Message-ID (``<left@right>``) hashed, for threading without clear headers."""
+    value = value.strip()
+    if not value:
+        return None
+    if not value.startswith("<"):
+        value = f"<{value}>"
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def header_message_id(content: bytes) -> str | None:
+    headers = BytesHeaderParser(policy=compat32).parsebytes(content)
+    value = headers.get("Message-ID")
+    return message_id_hash(str(value)) if value else None
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    domain: str
+
+
+async def enqueue(
+    store: Store,
+    keyring: Keyring,
+    settings: DeliverySettings,
+    *,
+    mail_from: str,
+    recipients: Sequence[Recipient],
+    content: bytes,
+    client_address: str,
+    msg_id: str | None = None,
+    now: datetime | None = None,
+) -> str:
+    """Store the encrypted message and one DELIVER job per recipient in one transaction.
+
+    Returns only after the commit, so the caller may answer 250.
+    """
+    now = now or utcnow()
+    msg_id = msg_id or new_message_id()
+    sealed = keyring.seal(msg_id, content)
+    async with store.transaction() as session:
+        session.add(
+            Message(
+                id=msg_id,
+                received_at=now,
+                mail_from=mail_from,
+                client_address=client_address,
+                size=len(content),
+                kek_id=sealed.kek_id,
+                wrapped_key=sealed.wrapped_key,
+                content=sealed.content,
+                message_id_hash=header_message_id(content),
+            )
+        )
+        await session.flush()
+        session.add_all(
+            new_job(JobKind.DELIVER, r.address, r.domain, now, settings, message_id=msg_id)
+            for r in recipients
+        )
+    return msg_id
+
+
+def new_job(
+    kind: JobKind,
+    recipient: str,
+    domain: str,
+    now: datetime,
+    settings: DeliverySettings,
+    **links: int | str | None,
+) -> Job:
+    return Job(
+        kind=kind,
+        state=JobState.QUEUED,
+        recipient=recipient,
+        domain=domain,
+        created_at=now,
+        expires_at=now + settings.queue_lifetime,
+        next_attempt_at=now,
+        attempts=0,
+        crashes=0,
+        **links,
+    )
+
+
+@dataclass
+class Claim:
+    """Jobs one worker owns until ``lease_until``: one DELIVER group (same message and
+    recipient domain, so they share a connection and transaction), or a single other job."""
+
+    token: str
+    kind: JobKind
+    jobs: list[Job]
+    lease_until: datetime
+    held: list[Job] = field(default_factory=list)
+
+
+def _due(now: datetime) -> list[ColumnElement[bool]]:
+    return [
+        Job.state == JobState.QUEUED,
+        Job.next_attempt_at <= now,
+        or_(Job.lease_until.is_(None), Job.lease_until < now),
+    ]
+
+
+async def claim(
+    store: Store, settings: DeliverySettings, worker: str, limit: int, now: datetime | None = None
+) -> list[Claim]:
+    """Lease up to ``limit`` groups of due jobs to ``worker``.
+
+    Each claim is a single UPDATE over a ``FOR UPDATE SKIP LOCKED`` sub-select, so it is
+    atomic on SQLite and lets workers on one PostgreSQL store pass each other without waiting.
+    """
+    now = now or utcnow()
+    token = f"{worker}/{secrets.token_hex(6)}"
+    until = now + settings.lease
+    lease = {"lease_owner": token, "lease_until": until, "crashes": Job.crashes + 1}
+    async with store.transaction() as session:
+        heads = (
+            select(Job.id)
+            .where(*_due(now))
+            .order_by(Job.next_attempt_at, Job.message_id, Job.domain)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        await session.execute(
+            update(Job).where(Job.id.in_(heads.scalar_subquery())).values(**lease),
+            execution_options={"synchronize_session": False},
+        )
+        groups = (
+            select(Job.message_id, Job.domain)
+            .where(Job.lease_owner == token, Job.kind == JobKind.DELIVER)
+            .distinct()
+        )
+        siblings = (
+            select(Job.id)
+            .where(
+                *_due(now),
+                Job.kind == JobKind.DELIVER,
+                tuple_(Job.message_id, Job.domain).in_(groups),
+            )
+            .with_for_update(skip_locked=True)
+        )
+        await session.execute(
+            update(Job).where(Job.id.in_(siblings.scalar_subquery())).values(**lease),
+            execution_options={"synchronize_session": False},
+        )
+        rows = (
+            (await session.execute(select(Job).where(Job.lease_owner == token).order_by(Job.id)))
+            .scalars()
+            .all()
+        )
+        held = [job for job in rows if job.crashes > settings.max_crashes]
+        for job in held:
+            job.state = JobState.HELD
+            job.lease_owner = None
+            job.lease_until = None
+            job.reason = (
+                f"set aside after {job.crashes - 1} claims ended without a result "
+                "(a worker crashed while handling it); release it after investigating"
+            )
+        claims: dict[tuple[object, ...], Claim] = {}
+        for job in rows:
+            if job.state is JobState.HELD:
+                continue
+            key = (
+                (job.kind, job.message_id, job.domain)
+                if job.kind is JobKind.DELIVER
+                else (job.kind, job.id)
+            )
+            claims.setdefault(key, Claim(token, job.kind, [], until)).jobs.append(job)
+    result = list(claims.values())
+    if held:
+        result.append(Claim(token, JobKind.DELIVER, [], until, held=held))
+    return result
+
+
+def backoff(settings: DeliverySettings, attempts: int) -> timedelta:
+    """``retry_initial x retry_factor^(n-1)``, capped at ``retry_max``."""
+    seconds = settings.retry_initial.total_seconds() * settings.retry_factor ** max(attempts - 1, 0)
+    return min(timedelta(seconds=seconds), settings.retry_max)
+
+
+async def load_message(session: AsyncSession, message_id: str) -> Message:
+    message = await session.get(Message, message_id)
+    if message is None:
+        raise LookupError(f"message {message_id} not found")
+    return message
+
+
+def open_content(keyring: Keyring, message: Message) -> bytes:
+    return keyring.open(message.id, message.kek_id, message.wrapped_key, message.content)
+
+
+async def owned(session: AsyncSession, claim: Claim) -> list[Job]:
+    """The claim's jobs, re-read in this session, that the claim still owns."""
+    ids = [job.id for job in claim.jobs]
+    rows = await session.execute(
+        select(Job).where(and_(Job.id.in_(ids), Job.lease_owner == claim.token))
+    )
+    return list(rows.scalars().all())
+
+
+def finish(
+    session: AsyncSession,
+    job: Job,
+    state: JobState,
+    now: datetime,
+    reason: str | None,
+    attempt: Attempt | None,
+) -> None:
+    job.state = state
+    job.finished_at = now if state is not JobState.QUEUED else None
+    job.reason = reason
+    job.lease_owner = None
+    job.lease_until = None
+    job.crashes = 0
+    job.attempts += 1
+    if attempt is not None:
+        attempt.job_id = job.id
+        session.add(attempt)
+
+
+def defer(
+    session: AsyncSession,
+    job: Job,
+    settings: DeliverySettings,
+    now: datetime,
+    reason: str,
+    attempt: Attempt,
+) -> bool:
+    """Schedule the next try; False when the queue lifetime is over (the caller bounces)."""
+    finish(session, job, JobState.QUEUED, now, reason, attempt)
+    if now >= job.expires_at:
+        return False
+    job.next_attempt_at = min(now + backoff(settings, job.attempts), job.expires_at)
+    return True

@@ -1,0 +1,190 @@
+"""Relational schema. Content lives only in ``messages.content``, encrypted; the rest is
+envelope and bookkeeping that routing and auditing need in the clear."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone and returns naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _enum(cls: type[enum.StrEnum]) -> Enum:
+    return Enum(cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
+
+
+class JobKind(enum.StrEnum):
+    DELIVER = "deliver"
+    """A recipient's copy of message content: strict TLS or the portal, nothing else."""
+    NOTIFY = "notify"
+    """A content-free portal notification: opportunistic TLS allowed."""
+    DSN = "dsn"
+    """A delivery status notification to the internal sender, through the relay."""
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    """Content delivered over TLS meeting the domain's policy (or notification/DSN sent)."""
+    PORTAL = "portal"
+    """Content kept; the recipient reads it in the portal."""
+    BOUNCED = "bounced"
+    HELD = "held"
+    """Set aside by an operator or after repeatedly crashing workers."""
+    FAILED = "failed"
+    """A notification or DSN that could not be sent; nothing else to do."""
+
+
+FINAL_STATES = frozenset({JobState.DELIVERED, JobState.PORTAL, JobState.BOUNCED, JobState.FAILED})
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    received_at: Mapped[datetime]
+    mail_from: Mapped[str] = mapped_column(String(320))
+    client_address: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    kek_id: Mapped[str] = mapped_column(String(32))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    """AES-256-GCM nonce || ciphertext of the raw RFC 5322 message."""
+    message_id_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    """SHA-256 of the Message-ID, so replies can be threaded without keeping headers in clear."""
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="message")
+
+
+class Job(Base):
+    """One unit of outbound work: a recipient's copy, a notification or a DSN."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind))
+    state: Mapped[JobState] = mapped_column(_enum(JobState))
+    message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id"))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    """For a DSN: the recipient job it reports on."""
+    recipient: Mapped[str] = mapped_column(String(320))
+    domain: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    crashes: Mapped[int] = mapped_column(Integer, default=0)
+    """Claims since the last recorded result; a worker that dies mid-attempt leaves one."""
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    reason: Mapped[str | None] = mapped_column(Text)
+    """Why the job ended as it did (portal reason, bounce diagnostic)."""
+
+    message: Mapped[Message | None] = relationship(back_populates="jobs")
+    attempt_records: Mapped[list[Attempt]] = relationship(
+        back_populates="job", order_by="Attempt.id"
+    )
+
+    __table_args__ = (
+        Index("ix_jobs_due", "state", "next_attempt_at"),
+        Index("ix_jobs_message", "message_id", "domain"),
+    )
+
+
+class Attempt(Base):
+    """What happened when a worker tried a job: the evidence behind every outcome."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    at: Mapped[datetime]
+    outcome: Mapped[str] = mapped_column(String(16))
+    """``tls``, ``portal``, ``deferred``, ``bounced``, ``sent`` (notifications/DSNs)."""
+    reason: Mapped[str | None] = mapped_column(Text)
+    mx_host: Mapped[str | None] = mapped_column(String(255))
+    mx_ip: Mapped[str | None] = mapped_column(String(64))
+    tls_version: Mapped[str | None] = mapped_column(String(16))
+    tls_cipher: Mapped[str | None] = mapped_column(String(64))
+    cert_verified: Mapped[bool | None]
+    verification: Mapped[str | None] = mapped_column(String(64))
+    """How the peer was authenticated: ``ca_file``, ``system``, ``none (encrypt)``."""
+    smtp_code: Mapped[int | None] = mapped_column(Integer)
+    smtp_reply: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    """Per-MX trail of the attempt (each host tried and why it was left)."""
+
+    job: Mapped[Job] = relationship(back_populates="attempt_records")
+
+
+class Conversation(Base):
+    """The portal thread of one external address: every message to and from it, in order."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    recipient: Mapped[str] = mapped_column(String(320), index=True)
+    created_at: Mapped[datetime]
+    last_message_at: Mapped[datetime]
+
+
+class ConversationMessage(Base):
+    __tablename__ = "conversation_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id"))
+    direction: Mapped[str] = mapped_column(String(8))
+    """``out`` (organisation to recipient) or ``in`` (a reply written in the portal)."""
+    added_at: Mapped[datetime]
+
+
+class PortalToken(Base):
+    """A notification link. Only the SHA-256 of the token is stored."""
+
+    __tablename__ = "portal_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    recipient: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime]
