@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -68,7 +68,12 @@ def _parse_hostport(value: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
-class SMTPSettings(BaseModel):
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored line.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SMTPSettings(_Section):
     listen: str = "127.0.0.1:2525"
     hostname: str = "localhost"
     """Name in the greeting, in EHLO to recipients' servers and in generated Message-IDs."""
@@ -102,7 +107,7 @@ class SMTPSettings(BaseModel):
         return _parse_hostport(self.listen, 25)
 
 
-class DNSSettings(BaseModel):
+class DNSSettings(_Section):
     nameservers: list[str] = []
     """``IP`` or ``IP:PORT``; empty means the system resolver."""
     timeout: Duration = timedelta(seconds=10)
@@ -123,7 +128,7 @@ class DNSSettings(BaseModel):
         return [_parse_hostport(s, 53) for s in self.nameservers]
 
 
-class DeliverySettings(BaseModel):
+class DeliverySettings(_Section):
     mx_port: int = Field(default=25, ge=1, le=65535)
     default_tls: TLSLevel = "verify"
     ca_file: str = ""
@@ -162,7 +167,7 @@ class DeliverySettings(BaseModel):
         return value
 
 
-class RelaySettings(BaseModel):
+class RelaySettings(_Section):
     host: str = "127.0.0.1:25"
     """The organisation's mail server: DSNs and portal replies go there."""
     internal_domains: list[str] = ["org.example"]
@@ -172,7 +177,7 @@ class RelaySettings(BaseModel):
         return _parse_hostport(self.host, 25)
 
 
-class PortalSettings(BaseModel):
+class PortalSettings(_Section):
     listen: str = "127.0.0.1:8080"
     base_url: str = "http://127.0.0.1:8080"
     message_ttl_days: int = Field(default=90, ge=1)
@@ -189,19 +194,17 @@ class PortalSettings(BaseModel):
         return value.rstrip("/")
 
 
-class NotifySettings(BaseModel):
+class NotifySettings(_Section):
     from_: str = Field(default="secure@org.example", alias="from")
     include_subject: bool = False
 
-    model_config = {"populate_by_name": True}
 
-
-class PhishingSettings(BaseModel):
+class PhishingSettings(_Section):
     org_domains: list[str] = ["org.example"]
     report_address: str = "phish-report@org.example"
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(_Section):
     database_url: str = "sqlite:///var/sigillo.db"
     key_file: Path = Path("var/sigillo.keys")
     """Key-encryption keys (0600), created on first run."""

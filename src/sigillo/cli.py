@@ -1,0 +1,254 @@
+"""The ``sigillo`` command. Operations never prompt: scripts run them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from sigillo import logs
+from sigillo.config import ConfigError, Settings, load_settings
+from sigillo.store.crypto import KeyringError
+from sigillo.store.db import Store, StoreUnavailable
+from sigillo.store.models import Attempt, Job, JobState, Message
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+message_app = typer.Typer(no_args_is_help=True, help="Accepted messages.")
+app.add_typer(db_app, name="db")
+app.add_typer(message_app, name="message")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config (default ./sigillo.toml)")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"sigillo: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_from(path: Path | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+        raise  # unreachable; fail() exits
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine, turning operational failures into one clear line (no traceback)."""
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except (OperationalError, DBAPIError, StoreUnavailable, ConnectionRefusedError) as exc:
+        first = str(getattr(exc, "orig", exc) or exc).splitlines()[0]
+        fail(f"database unavailable: {first}")
+    except KeyringError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    role: Annotated[
+        str, typer.Option(help="Comma-separated roles: smtp, worker, portal")
+    ] = "smtp,worker,portal",
+) -> None:
+    """Run sigillo: SMTP listener, delivery worker and portal (all by default)."""
+    from sigillo.server import ROLES
+    from sigillo.server import serve as run_serve
+
+    settings = settings_from(config)
+    roles = [r.strip() for r in role.split(",") if r.strip()]
+    unknown = set(roles) - set(ROLES)
+    if unknown or not roles:
+        fail(f"unknown role(s) {sorted(unknown)}; choose from {', '.join(ROLES)}", 2)
+    logs.configure()
+    run(lambda: run_serve(settings, roles))
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Bring the database schema to the version this sigillo needs."""
+    from sigillo.store import migrate
+
+    settings = settings_from(config)
+
+    async def go() -> tuple[str | None, str | None]:
+        store = Store(settings.storage.database_url)
+        try:
+            await migrate.upgrade(store)
+            return await migrate.revision(store)
+        finally:
+            await store.close()
+
+    current, _ = run(go)
+    typer.echo(f"database at revision {current}")
+
+
+def _attempt_dict(a: Attempt) -> dict[str, Any]:
+    return {
+        "at": a.at.isoformat(),
+        "outcome": a.outcome,
+        "reason": a.reason,
+        "mx_host": a.mx_host,
+        "mx_ip": a.mx_ip,
+        "tls_version": a.tls_version,
+        "tls_cipher": a.tls_cipher,
+        "cert_verified": a.cert_verified,
+        "verification": a.verification,
+        "smtp_code": a.smtp_code,
+        "smtp_reply": a.smtp_reply,
+        "details": a.details,
+    }
+
+
+def _job_dict(job: Job, attempts: list[Attempt]) -> dict[str, Any]:
+    return {
+        "job": job.id,
+        "kind": job.kind.value,
+        "recipient": job.recipient,
+        "state": job.state.value,
+        "reason": job.reason,
+        "attempts": job.attempts,
+        "created_at": job.created_at.isoformat(),
+        "next_attempt_at": job.next_attempt_at.isoformat()
+        if job.state is JobState.QUEUED
+        else None,
+        "expires_at": job.expires_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "message": job.message_id,
+        "conversation": job.conversation_id,
+        "history": [_attempt_dict(a) for a in attempts],
+    }
+
+
+async def _jobs_with_attempts(store: Store, *where: Any) -> list[dict[str, Any]]:
+    async with store.session() as session:
+        jobs = (await session.execute(select(Job).where(*where).order_by(Job.id))).scalars().all()
+        ids = [j.id for j in jobs]
+        attempts: dict[int, list[Attempt]] = {i: [] for i in ids}
+        if ids:
+            rows = await session.execute(
+                select(Attempt).where(Attempt.job_id.in_(ids)).order_by(Attempt.id)
+            )
+            for a in rows.scalars():
+                attempts[a.job_id].append(a)
+    return [_job_dict(j, attempts[j.id]) for j in jobs]
+
+
+def _emit(data: Any, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=False))
+        return
+    from rich.console import Console
+    from rich.pretty import Pretty
+
+    Console().print(Pretty(data))
+
+
+@message_app.command("show")
+def message_show(message_id: str, config: ConfigOption = None, json_: JsonOption = False) -> None:
+    """Envelope and per-recipient delivery records of one message (never its content)."""
+    settings = settings_from(config)
+
+    async def go() -> dict[str, Any] | None:
+        store = Store(settings.storage.database_url)
+        try:
+            async with store.session() as session:
+                msg = await session.get(Message, message_id)
+            if msg is None:
+                return None
+            jobs = await _jobs_with_attempts(store, Job.message_id == message_id)
+            return {
+                "id": msg.id,
+                "received_at": msg.received_at.isoformat(),
+                "mail_from": msg.mail_from,
+                "client": msg.client_address,
+                "size": msg.size,
+                "recipients": [j for j in jobs if j["kind"] == "deliver"],
+                "notifications_and_dsns": [j for j in jobs if j["kind"] != "deliver"],
+            }
+        finally:
+            await store.close()
+
+    data = run(go)
+    if data is None:
+        fail(f"no message {message_id}")
+    _emit(data, json_)
+
+
+@app.command("queue")
+def queue_cmd(
+    config: ConfigOption = None,
+    json_: JsonOption = False,
+    all_: Annotated[bool, typer.Option("--all", help="Include finished jobs")] = False,
+) -> None:
+    """Jobs waiting or held, with counts of every state."""
+    settings = settings_from(config)
+
+    async def go() -> dict[str, Any]:
+        store = Store(settings.storage.database_url)
+        try:
+            async with store.session() as session:
+                counts = await session.execute(
+                    select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
+                )
+                summary: dict[str, dict[str, int]] = {}
+                for kind, state, n in counts:
+                    summary.setdefault(kind.value, {})[state.value] = n
+            where = [] if all_ else [Job.state.in_([JobState.QUEUED, JobState.HELD])]
+            return {"counts": summary, "jobs": await _jobs_with_attempts(store, *where)}
+        finally:
+            await store.close()
+
+    _emit(run(go), json_)
+
+
+@app.command()
+def probe(domain: str, config: ConfigOption = None, json_: JsonOption = False) -> None:
+    """What the delivery worker would decide for DOMAIN right now (no mail is sent)."""
+    from sigillo.gateway.delivery import Deliverer
+    from sigillo.gateway.mx import MXResolver
+
+    settings = settings_from(config)
+
+    async def go() -> dict[str, Any]:
+        resolver = MXResolver(settings.dns)
+        result = await Deliverer(settings.delivery, resolver, settings.smtp.hostname).probe(
+            domain.lower().rstrip(".")
+        )
+        decision = result.results[0]
+        return {
+            "domain": domain,
+            "policy": result.policy.level.label,
+            "policy_source": result.policy.source,
+            "decision": decision.outcome.value,
+            "reason": decision.reason,
+            "mx_host": result.mx_host,
+            "mx_ip": result.mx_ip,
+            "tls": asdict(result.tls) if result.tls else None,
+            "trail": result.trail,
+        }
+
+    _emit(run(go), json_)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,190 @@
+"""Deliver one message's copies for one recipient domain: verified TLS, or the portal.
+
+This module is the only path that sends message content to the outside world. Content is
+written to a socket only after STARTTLS succeeded at the domain's level (``encrypt`` or
+``verify``) and TLS >= the minimum version; every TLS failure at every MX ends in ``portal``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from sigillo.config import DeliverySettings
+from sigillo.gateway.mx import MXResolver
+from sigillo.gateway.smtpclient import (
+    Reply,
+    Session,
+    SessionError,
+    TLSFailure,
+    TLSInfo,
+    TransactionResult,
+)
+from sigillo.gateway.tlspolicy import Level, Policy, client_context, policy_for, verification_label
+
+log = structlog.get_logger("sigillo.delivery")
+
+
+class Outcome(enum.StrEnum):
+    TLS = "tls"
+    PORTAL = "portal"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    recipient: str
+    outcome: Outcome
+    reason: str
+    status: str
+    """Enhanced status code for DSNs (``2.0.0``, ``5.1.1``, ``4.4.1`` ...)."""
+    reply: Reply | None = None
+
+
+@dataclass
+class GroupResult:
+    policy: Policy
+    results: list[RecipientResult]
+    mx_host: str | None = None
+    mx_ip: str | None = None
+    tls: TLSInfo | None = None
+    trail: list[dict[str, str]] = field(default_factory=list)
+    """Each MX address tried and what happened there, in order."""
+
+
+def _all(
+    recipients: Sequence[str],
+    outcome: Outcome,
+    reason: str,
+    status: str,
+    reply: Reply | None = None,
+) -> list[RecipientResult]:
+    return [RecipientResult(r, outcome, reason, status, reply) for r in recipients]
+
+
+def _status(reply: Reply, default: str) -> str:
+    first = reply.text.split(" ", 1)[0]
+    parts = first.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and first[0] in "245":
+        return first
+    return default
+
+
+def _from_reply(recipient: str, reply: Reply, tls_reason: str) -> RecipientResult:
+    if 200 <= reply.code < 300:
+        return RecipientResult(recipient, Outcome.TLS, tls_reason, "2.0.0", reply)
+    if 400 <= reply.code < 500:
+        return RecipientResult(
+            recipient,
+            Outcome.DEFERRED,
+            f"temporary failure: {reply.line}",
+            _status(reply, "4.0.0"),
+            reply,
+        )
+    return RecipientResult(
+        recipient, Outcome.BOUNCED, f"rejected: {reply.line}", _status(reply, "5.0.0"), reply
+    )
+
+
+def interpret(
+    transaction: TransactionResult, recipients: Sequence[str], tls: TLSInfo
+) -> list[RecipientResult]:
+    """Map MAIL/RCPT/DATA replies to per-recipient outcomes."""
+    tls_reason = f"delivered over {tls.version} ({'verified' if tls.verified else 'encrypted'})"
+    if not 200 <= transaction.mail.code < 300:
+        return [_from_reply(r, transaction.mail, tls_reason) for r in recipients]
+    results = []
+    for rcpt in recipients:
+        reply = transaction.rcpt.get(rcpt)
+        if reply is None:
+            results.append(RecipientResult(rcpt, Outcome.DEFERRED, "no RCPT reply", "4.4.2"))
+        elif not 200 <= reply.code < 300 or transaction.data is None:
+            results.append(_from_reply(rcpt, reply, tls_reason))
+        else:
+            results.append(_from_reply(rcpt, transaction.data, tls_reason))
+    return results
+
+
+class Deliverer:
+    def __init__(self, settings: DeliverySettings, resolver: MXResolver, helo: str) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self.helo = helo
+
+    async def probe(self, domain: str) -> GroupResult:
+        """What a delivery to ``domain`` would do now, stopping before MAIL FROM."""
+        return await self.deliver(domain, "", ["(probe)"], None)
+
+    async def deliver(
+        self, domain: str, mail_from: str, recipients: Sequence[str], content: bytes | None
+    ) -> GroupResult:
+        """Deliver ``content`` to ``recipients`` at ``domain`` (``None``: probe only)."""
+        policy = policy_for(domain, self.settings)
+        if policy.level is Level.PORTAL:
+            reason = f"domain policy is portal ({policy.source})"
+            return GroupResult(policy, _all(recipients, Outcome.PORTAL, reason, "2.0.0"))
+
+        mx = await self.resolver.lookup(domain)
+        if mx.status == "permanent":
+            return GroupResult(policy, _all(recipients, Outcome.BOUNCED, mx.reason, "5.1.2"))
+        if mx.status == "temporary":
+            return GroupResult(policy, _all(recipients, Outcome.DEFERRED, mx.reason, "4.4.3"))
+
+        result = GroupResult(policy, [])
+        tls_failures: list[str] = []
+        unreachable: list[str] = []
+        for host in mx.hosts:
+            for ip in host.addresses:
+                where = {"host": host.name, "ip": ip}
+                session = Session(ip, self.settings.mx_port, self.helo, self.settings)
+                try:
+                    await session.open()
+                except SessionError as exc:
+                    unreachable.append(f"{host.name}[{ip}]: {exc}")
+                    result.trail.append({**where, "result": "unreachable", "detail": str(exc)})
+                    continue
+                try:
+                    tls = await session.starttls(
+                        host.name,
+                        client_context(policy.level, self.settings),
+                        verification_label(policy.level, self.settings),
+                    )
+                except TLSFailure as exc:
+                    await session.quit()
+                    tls_failures.append(f"{host.name}[{ip}]: {exc}")
+                    result.trail.append({**where, "result": exc.kind, "detail": exc.detail})
+                    log.info("tls_failed", domain=domain, mx=host.name, ip=ip, why=str(exc))
+                    continue
+                result.mx_host, result.mx_ip, result.tls = host.name, ip, tls
+                if content is None:
+                    await session.quit()
+                    result.trail.append({**where, "result": "tls", "detail": tls.version})
+                    result.results = _all(recipients, Outcome.TLS, "TLS policy met", "2.0.0")
+                    return result
+                try:
+                    transaction = await session.transaction(mail_from, recipients, content)
+                except SessionError as exc:
+                    # The connection broke after TLS was up; whether the peer took the message
+                    # is unknown, so try again later rather than send a second copy elsewhere.
+                    result.trail.append({**where, "result": "lost", "detail": str(exc)})
+                    result.results = _all(
+                        recipients, Outcome.DEFERRED, f"connection lost: {exc}", "4.4.2"
+                    )
+                    return result
+                finally:
+                    await session.quit()
+                result.trail.append({**where, "result": "transaction", "detail": tls.version})
+                result.results = interpret(transaction, recipients, tls)
+                return result
+
+        if tls_failures:
+            reason = "TLS policy not met: " + "; ".join(tls_failures)
+            result.results = _all(recipients, Outcome.PORTAL, reason, "2.0.0")
+        else:
+            reason = "no MX reachable: " + "; ".join(unreachable)
+            result.results = _all(recipients, Outcome.DEFERRED, reason, "4.4.1")
+        return result

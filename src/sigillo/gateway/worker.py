@@ -1,0 +1,342 @@
+"""The delivery worker: claims due jobs, runs them, records every attempt.
+
+Network work happens outside any transaction; each result is written in one transaction
+together with what it implies (a conversation and a notification job for a portal copy, a
+DSN job for a bounce). If the worker dies in between, the lease expires and the job runs again:
+delivery is at least once, never at most once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from datetime import datetime
+from email.parser import BytesHeaderParser
+from email.policy import default
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sigillo.config import Settings
+from sigillo.gateway import queue
+from sigillo.gateway.delivery import Deliverer, GroupResult, Outcome, RecipientResult
+from sigillo.gateway.dsn import FailedRecipient, build_dsn, dsn_bytes
+from sigillo.gateway.mx import MXResolver
+from sigillo.gateway.relay import send_to_relay
+from sigillo.gateway.smtpclient import SessionError
+from sigillo.notify import Notification, new_token, send_notification
+from sigillo.portal.handoff import hand_off
+from sigillo.store.crypto import Keyring
+from sigillo.store.db import Store
+from sigillo.store.models import (
+    Attempt,
+    ConversationMessage,
+    Job,
+    JobKind,
+    JobState,
+    Message,
+    PortalToken,
+)
+
+log = structlog.get_logger("sigillo.worker")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Worker:
+    def __init__(self, settings: Settings, store: Store, keyring: Keyring) -> None:
+        self.settings = settings
+        self.store = store
+        self.keyring = keyring
+        self.name = worker_name()
+        self.resolver = MXResolver(settings.dns)
+        self.deliverer = Deliverer(settings.delivery, self.resolver, settings.smtp.hostname)
+        self.wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.delivery.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def notify_queued(self) -> None:
+        self.wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("worker_started", worker=self.name)
+        poll = self.settings.delivery.poll_interval.total_seconds()
+        while not stop.is_set():
+            self.wake.clear()
+            claimed = await self.poll_once()
+            if claimed:
+                continue
+            waiters = [asyncio.ensure_future(e.wait()) for e in (self.wake, stop)]
+            await asyncio.wait(waiters, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info("worker_stopped", worker=self.name)
+
+    async def poll_once(self) -> int:
+        """Claim as many groups as there are free slots and start them; returns how many."""
+        free = self._slots._value
+        if free <= 0:
+            await asyncio.sleep(0.05)
+            return 0
+        try:
+            claims = await queue.claim(self.store, self.settings.delivery, self.name, free)
+        except Exception as exc:  # a database outage must not kill the worker
+            log.error("claim_failed", error=str(exc).splitlines()[0])
+            await asyncio.sleep(self.settings.delivery.poll_interval.total_seconds())
+            return 0
+        started = 0
+        for claim in claims:
+            for job in claim.held:
+                log.error("job_held", job=job.id, reason=job.reason)
+            if not claim.jobs:
+                continue
+            await self._slots.acquire()
+            task = asyncio.create_task(self._run(claim))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            started += 1
+        return started
+
+    async def _run(self, claim: queue.Claim) -> None:
+        try:
+            if claim.kind is JobKind.DELIVER:
+                await self.deliver(claim)
+            elif claim.kind is JobKind.NOTIFY:
+                await self.notify(claim)
+            else:
+                await self.send_dsn(claim)
+        except Exception:
+            # The lease will lapse and the job comes back; repeated crashes set it aside.
+            log.exception("job_crashed", jobs=[j.id for j in claim.jobs])
+        finally:
+            self._slots.release()
+
+    # -- message content ---------------------------------------------------------------
+
+    async def deliver(self, claim: queue.Claim) -> None:
+        first = claim.jobs[0]
+        if first.message_id is None:
+            raise LookupError(f"deliver job {first.id} has no message")
+        async with self.store.session() as session:
+            message = await queue.load_message(session, first.message_id)
+        content = queue.open_content(self.keyring, message)
+        recipients = [job.recipient for job in claim.jobs]
+        result = await self.deliverer.deliver(first.domain, message.mail_from, recipients, content)
+        await self.record_delivery(claim, message, content, result)
+
+    async def record_delivery(
+        self, claim: queue.Claim, message: Message, content: bytes, result: GroupResult
+    ) -> None:
+        now = queue.utcnow()
+        by_rcpt = {r.recipient: r for r in result.results}
+        delivery = self.settings.delivery
+        async with self.store.transaction() as session:
+            for job in await queue.owned(session, claim):
+                outcome = by_rcpt[job.recipient]
+                attempt = _attempt(now, outcome, result)
+                if outcome.outcome is Outcome.TLS:
+                    queue.finish(session, job, JobState.DELIVERED, now, outcome.reason, attempt)
+                elif outcome.outcome is Outcome.PORTAL:
+                    await hand_off(
+                        session, delivery, message.id, job.recipient, job.domain, content, now
+                    )
+                    queue.finish(session, job, JobState.PORTAL, now, outcome.reason, attempt)
+                elif outcome.outcome is Outcome.DEFERRED:
+                    if not queue.defer(session, job, delivery, now, outcome.reason, attempt):
+                        expired = f"queue lifetime expired; last error: {outcome.reason}"
+                        job.state, job.finished_at, job.reason = JobState.BOUNCED, now, expired
+                        self._queue_dsn(session, job, message, now)
+                else:
+                    queue.finish(session, job, JobState.BOUNCED, now, outcome.reason, attempt)
+                    self._queue_dsn(session, job, message, now)
+        log.info(
+            "delivered",
+            message=message.id,
+            domain=claim.jobs[0].domain,
+            outcomes={o.recipient: o.outcome.value for o in result.results},
+            mx=result.mx_host,
+            tls=result.tls.version if result.tls else None,
+        )
+
+    def _queue_dsn(self, session: AsyncSession, job: Job, message: Message, now: datetime) -> None:
+        if not message.mail_from:
+            return  # never bounce a bounce (RFC 5321 4.5.5)
+        domain = message.mail_from.rpartition("@")[2].lower()
+        dsn = queue.new_job(
+            JobKind.DSN,
+            message.mail_from,
+            domain,
+            now,
+            self.settings.delivery,
+            message_id=message.id,
+            parent_id=job.id,
+        )
+        session.add(dsn)
+
+    # -- notifications -----------------------------------------------------------------
+
+    async def notify(self, claim: queue.Claim) -> None:
+        job = claim.jobs[0]
+        if job.conversation_id is None:
+            raise LookupError(f"notify job {job.id} has no conversation")
+        now = queue.utcnow()
+        token, digest = new_token()
+        subject = None
+        if self.settings.notify.include_subject:
+            subject = await self._latest_subject(job.conversation_id)
+        async with self.store.transaction() as session:
+            session.add(
+                PortalToken(
+                    token_hash=digest,
+                    conversation_id=job.conversation_id,
+                    recipient=job.recipient,
+                    created_at=now,
+                )
+            )
+        link = f"{self.settings.portal.base_url}/c/{token}"
+        sent = await send_notification(
+            Notification(job.recipient, link, subject), self.settings, self.resolver, now
+        )
+        attempt = Attempt(
+            at=now,
+            outcome=sent.outcome,
+            reason=sent.reason,
+            mx_host=sent.mx_host,
+            mx_ip=sent.mx_ip,
+            tls_version=sent.tls_version,
+            smtp_code=sent.reply.code if sent.reply else None,
+            smtp_reply=sent.reply.line if sent.reply else None,
+        )
+        await self._record_simple(claim, attempt, sent.outcome, sent.reason)
+
+    async def _latest_subject(self, conversation_id: int) -> str | None:
+        async with self.store.session() as session:
+            row = await session.execute(
+                select(Message)
+                .join(ConversationMessage, ConversationMessage.message_id == Message.id)
+                .where(ConversationMessage.conversation_id == conversation_id)
+                .order_by(ConversationMessage.id.desc())
+                .limit(1)
+            )
+            message = row.scalars().first()
+        if message is None:
+            return None
+        headers = BytesHeaderParser(policy=default).parsebytes(
+            queue.open_content(self.keyring, message)
+        )
+        subject = str(headers.get("Subject", "")).replace("\r", " ").replace("\n", " ")
+        return subject[:200] or None
+
+    # -- delivery status notifications -------------------------------------------------
+
+    async def send_dsn(self, claim: queue.Claim) -> None:
+        job = claim.jobs[0]
+        if job.message_id is None or job.parent_id is None:
+            raise LookupError(f"DSN job {job.id} has no message or no parent job")
+        async with self.store.session() as session:
+            message = await queue.load_message(session, job.message_id)
+            parent = await session.get(Job, job.parent_id)
+            if parent is None:
+                raise LookupError(f"DSN job {job.id}: parent job {job.parent_id} missing")
+            last = (
+                (
+                    await session.execute(
+                        select(Attempt)
+                        .where(Attempt.job_id == parent.id)
+                        .order_by(Attempt.id.desc())
+                    )
+                )
+                .scalars()
+                .first()
+            )
+        original = queue.open_content(self.keyring, message)
+        now = queue.utcnow()
+        expired = bool(parent.reason and parent.reason.startswith("queue lifetime expired"))
+        failed = FailedRecipient(
+            address=parent.recipient,
+            status="4.4.7" if expired else _dsn_status(last),
+            action="failed",
+            diagnostic=last.smtp_reply if last and last.smtp_reply else parent.reason,
+            remote_mta=last.mx_host if last else None,
+            last_attempt=last.at if last else None,
+        )
+        hostname = self.settings.smtp.hostname
+        dsn = build_dsn(
+            original=original,
+            envelope_from=message.mail_from,
+            reporting_mta=hostname,
+            postmaster=f"MAILER-DAEMON@{hostname}",
+            recipients=[failed],
+            arrival=message.received_at,
+            now=now,
+        )
+        try:
+            reply = await send_to_relay(self.settings, "", [job.recipient], dsn_bytes(dsn))
+        except SessionError as exc:
+            attempt = Attempt(at=now, outcome="deferred", reason=f"relay: {exc}")
+            await self._record_simple(claim, attempt, "deferred", f"relay: {exc}")
+            return
+        outcome = (
+            "sent"
+            if 200 <= reply.code < 300
+            else ("deferred" if 400 <= reply.code < 500 else "failed")
+        )
+        host, _ = self.settings.relay.address
+        attempt = Attempt(
+            at=now,
+            outcome=outcome,
+            reason=reply.line,
+            mx_host=host,
+            smtp_code=reply.code,
+            smtp_reply=reply.line,
+        )
+        await self._record_simple(claim, attempt, outcome, reply.line)
+
+    async def _record_simple(
+        self, claim: queue.Claim, attempt: Attempt, outcome: str, reason: str
+    ) -> None:
+        now = attempt.at
+        async with self.store.transaction() as session:
+            for job in await queue.owned(session, claim):
+                if outcome == "sent":
+                    queue.finish(session, job, JobState.DELIVERED, now, reason, attempt)
+                elif outcome == "failed":
+                    queue.finish(session, job, JobState.FAILED, now, reason, attempt)
+                elif not queue.defer(session, job, self.settings.delivery, now, reason, attempt):
+                    job.state, job.finished_at = JobState.FAILED, now
+                    job.reason = f"queue lifetime expired; last error: {reason}"
+
+
+def _dsn_status(last: Attempt | None) -> str:
+    if last and last.details and isinstance(last.details.get("status"), str):
+        return str(last.details["status"])
+    return "5.0.0"
+
+
+def _attempt(now: datetime, outcome: RecipientResult, result: GroupResult) -> Attempt:
+    tls = result.tls
+    return Attempt(
+        at=now,
+        outcome=outcome.outcome.value,
+        reason=outcome.reason,
+        mx_host=result.mx_host,
+        mx_ip=result.mx_ip,
+        tls_version=tls.version if tls else None,
+        tls_cipher=tls.cipher if tls else None,
+        cert_verified=tls.verified if tls else None,
+        verification=tls.verification if tls else None,
+        smtp_code=outcome.reply.code if outcome.reply else None,
+        smtp_reply=outcome.reply.line if outcome.reply else None,
+        details={
+            "status": outcome.status,
+            "policy": result.policy.level.label,
+            "policy_source": result.policy.source,
+            "trail": list(result.trail),
+        },
+    )

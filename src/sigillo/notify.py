@@ -1,0 +1,132 @@
+"""Portal notifications: the only mail sigillo sends with merely opportunistic TLS.
+
+``Notification`` is built from a recipient address, a link and (only if configured) the
+subject; it has no field that could hold a body or an attachment, and this module's sender
+accepts nothing else. Message content never takes this path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid
+
+import structlog
+
+from sigillo.config import Settings
+from sigillo.gateway.mx import MXResolver
+from sigillo.gateway.smtpclient import (
+    Reply,
+    Session,
+    SessionError,
+    TLSFailure,
+    opportunistic_context,
+)
+
+log = structlog.get_logger("sigillo.notify")
+
+TOKEN_BYTES = 32
+"""256-bit link tokens; only their SHA-256 is stored."""
+
+
+def new_token() -> tuple[str, str]:
+    """(token for the link, hash to store)."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    return token, token_hash(token)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Notification:
+    recipient: str
+    link: str
+    subject: str | None = None
+    """The original subject, only when ``notify.include_subject`` is on."""
+
+    def render(self, sender: str, hostname: str, now: datetime) -> bytes:
+        msg = EmailMessage(policy=SMTP)
+        msg["From"] = sender
+        msg["To"] = self.recipient
+        msg["Date"] = format_datetime(now)
+        msg["Message-ID"] = make_msgid(domain=hostname)
+        msg["Auto-Submitted"] = "auto-generated"
+        msg["Subject"] = (
+            f"Secure message: {self.subject}" if self.subject else "You have a secure message"
+        )
+        msg.set_content(
+            "You have received a secure message. For your protection it was not sent by\n"
+            "ordinary email. Open it here:\n\n"
+            f"    {self.link}\n\n"
+            "On your first visit you choose a password; it opens only the mail sent to\n"
+            "this address. We will never ask for your password by email.\n\n"
+            "---\n\n"
+            "Hai ricevuto un messaggio sicuro. Per proteggerti non è stato inviato per\n"
+            "email ordinaria. Aprilo qui:\n\n"
+            f"    {self.link}\n\n"
+            "Alla prima visita scegli una password; apre solo la posta inviata a questo\n"
+            "indirizzo. Non ti chiederemo mai la password per email.\n"
+        )
+        return msg.as_bytes()
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: str
+    """``sent``, ``deferred`` or ``failed``."""
+    reason: str
+    reply: Reply | None = None
+    mx_host: str | None = None
+    mx_ip: str | None = None
+    tls_version: str | None = None
+
+
+async def send_notification(
+    notification: Notification, settings: Settings, resolver: MXResolver, now: datetime
+) -> SendResult:
+    domain = notification.recipient.rpartition("@")[2].lower()
+    data = notification.render(settings.notify.from_, settings.smtp.hostname, now)
+    mx = await resolver.lookup(domain)
+    if mx.status == "permanent":
+        return SendResult("failed", mx.reason)
+    if mx.status == "temporary":
+        return SendResult("deferred", mx.reason)
+    problems: list[str] = []
+    for host in mx.hosts:
+        for ip in host.addresses:
+            for use_tls in (True, False):
+                session = Session(
+                    ip, settings.delivery.mx_port, settings.smtp.hostname, settings.delivery
+                )
+                try:
+                    await session.open()
+                    version = None
+                    if use_tls and session.offers_starttls:
+                        tls = await session.starttls(host.name, opportunistic_context(), "none")
+                        version = tls.version
+                    result = await session.transaction(
+                        settings.notify.from_, [notification.recipient], data
+                    )
+                except TLSFailure as exc:
+                    # Content-free, so a failed handshake may fall back to plaintext.
+                    problems.append(f"{host.name}[{ip}]: {exc}")
+                    continue
+                except SessionError as exc:
+                    problems.append(f"{host.name}[{ip}]: {exc}")
+                    break
+                finally:
+                    await session.quit()
+                reply = result.data or result.rcpt.get(notification.recipient) or result.mail
+                where = {"mx_host": host.name, "mx_ip": ip, "tls_version": version}
+                if 200 <= reply.code < 300:
+                    return SendResult("sent", "notification sent", reply, **where)
+                if 400 <= reply.code < 500:
+                    return SendResult("deferred", reply.line, reply, **where)
+                return SendResult("failed", reply.line, reply, **where)
+    return SendResult("deferred", "; ".join(problems) or "no MX address")

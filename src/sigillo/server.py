@@ -1,0 +1,83 @@
+"""``sigillo serve``: the roles (smtp, worker, portal) in one event loop, stopped by a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Generator, Iterable
+from contextlib import contextmanager
+
+import structlog
+import uvicorn
+
+from sigillo.config import Settings
+from sigillo.gateway.listener import start_listener
+from sigillo.gateway.worker import Worker
+from sigillo.portal.app import create_app
+from sigillo.store import migrate
+from sigillo.store.crypto import Keyring
+from sigillo.store.db import Store
+
+log = structlog.get_logger("sigillo.server")
+
+ROLES = ("smtp", "worker", "portal")
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside our loop: signals belong to ``serve``, which stops every role."""
+
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve(settings: Settings, roles: Iterable[str]) -> None:
+    roles = set(roles)
+    store = Store(settings.storage.database_url)
+    keyring = Keyring.load_or_create(settings.storage.key_file)
+    if settings.storage.auto_migrate:
+        await migrate.upgrade(store)
+    else:
+        current, head = await migrate.revision(store)
+        if current != head:
+            raise RuntimeError(
+                f"database at revision {current}, code needs {head}: run sigillo db upgrade"
+            )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    tasks: list[asyncio.Task[None]] = []
+    worker = Worker(settings, store, keyring) if "worker" in roles else None
+    smtp_server = None
+    if "smtp" in roles:
+        on_queued = worker.notify_queued if worker else None
+        smtp_server = await start_listener(settings, store, keyring, on_queued)
+    if worker is not None:
+        tasks.append(asyncio.create_task(worker.run(stop)))
+    portal = None
+    if "portal" in roles:
+        host, port = settings.portal.listen_address
+        config = uvicorn.Config(
+            create_app(settings, store),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        portal = _EmbeddedUvicorn(config)
+        tasks.append(asyncio.create_task(portal.serve()))
+        log.info("portal_listening", address=f"{host}:{port}")
+    log.info("serving", roles=sorted(roles))
+    await stop.wait()
+    log.info("stopping")
+    if smtp_server is not None:
+        smtp_server.close()
+        await smtp_server.wait_closed()
+    if portal is not None:
+        portal.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await store.close()

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sigillo.config import ConfigError, load_settings
+
+
+def test_embedded_defaults_match_the_contract(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.smtp.listen_address == ("127.0.0.1", 2525)
+    assert s.portal.listen_address == ("127.0.0.1", 8080)
+    assert s.storage.database_url == "sqlite:///var/sigillo.db"
+    assert s.delivery.default_tls == "verify"
+    assert s.delivery.min_tls_version == "1.2"
+    assert s.delivery.queue_lifetime == timedelta(days=5)
+    assert s.notify.include_subject is False
+
+
+def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "sigillo.toml"
+    cfg.write_text(
+        '[smtp]\nlisten = "127.0.0.1:2600"\nmax_message_size = "10MiB"\n'
+        '[delivery]\nqueue_lifetime = "2h"\n[delivery.domains]\n"Yahoo.CO.JP" = "portal"\n'
+        '".legacy.example" = "encrypt"\n[notify]\nfrom = "secure@bank.example"\n'
+    )
+    monkeypatch.setenv("SIGILLO_SMTP__LISTEN", "127.0.0.1:2700")
+    s = load_settings(cfg)
+    assert s.smtp.listen == "127.0.0.1:2700"
+    assert s.smtp.max_message_size == 10 * 1024 * 1024
+    assert s.delivery.queue_lifetime == timedelta(hours=2)
+    assert s.delivery.domains == {"yahoo.co.jp": "portal", ".legacy.example": "encrypt"}
+    assert s.notify.from_ == "secure@bank.example"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[delivery]\ndefault_tls = "none"\n', "delivery.default_tls"),
+        ('[delivery]\ndefault_tls = "may"\n', "delivery.default_tls"),
+        ('[delivery.domains]\n"x.example" = "plaintext"\n', "delivery.domains"),
+        ('[delivery]\nmin_tls_version = "1.0"\n', "delivery.min_tls_version"),
+        ('[delivery]\nqueue_lifetime = "soon"\n', "delivery.queue_lifetime"),
+        ('[smtp]\ntrusted_networks = ["10.0.0.0/33"]\n', "smtp.trusted_networks"),
+        ('[delivery]\nca_file = "/nonexistent/ca.pem"\n', "delivery.ca_file"),
+        ('[dns]\nnameservers = ["dns.example"]\n', "dns.nameservers"),
+        ("[smtp]\nunknown_key = 1\n", "smtp.unknown_key"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert key in str(err.value)
+
+
+def test_missing_and_unparseable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[smtp\nlisten=")
+    with pytest.raises(ConfigError):
+        load_settings(broken)

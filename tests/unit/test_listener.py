@@ -1,0 +1,179 @@
+"""The SMTP listener over a real socket, with a real store behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from sigillo.config import Settings
+from sigillo.gateway.listener import start_listener
+from sigillo.store.crypto import Keyring
+from sigillo.store.db import Store
+from sigillo.store.models import Job, Message
+
+MAIL = b"From: doc@org.example\r\nSubject: referral\r\n\r\nPatient has condition X\r\n"
+
+
+def make_settings(**smtp: object) -> Settings:
+    return Settings.model_validate(
+        {"smtp": {"listen": "127.0.0.1:0", "max_message_size": 1024 * 1024, **smtp}}
+    )
+
+
+class Gateway:
+    def __init__(self, port: int, store: Store) -> None:
+        self.port = port
+        self.store = store
+
+    def client(self) -> smtplib.SMTP:
+        c = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
+        c.ehlo("mail.org.example")
+        return c
+
+    async def send(self, mail_from: str, rcpts: list[str], data: bytes) -> tuple[int, bytes]:
+        def go() -> tuple[int, bytes]:
+            with self.client() as c:
+                code, text = c.mail(mail_from)
+                if code != 250:
+                    return code, text
+                for r in rcpts:
+                    code, text = c.rcpt(r)
+                    if code != 250:
+                        return code, text
+                return c.data(data)
+
+        return await asyncio.to_thread(go)
+
+    async def counts(self) -> tuple[int, int]:
+        async with self.store.session() as s:
+            m = (await s.execute(select(func.count()).select_from(Message))).scalar_one()
+            j = (await s.execute(select(func.count()).select_from(Job))).scalar_one()
+        return m, j
+
+
+async def _gateway(store: Store, keyring: Keyring, settings: Settings) -> AsyncIterator[Gateway]:
+    server = await start_listener(settings, store, keyring)
+    try:
+        yield Gateway(server.sockets[0].getsockname()[1], store)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def gateway(store: Store, keyring: Keyring) -> AsyncIterator[Gateway]:
+    async for g in _gateway(store, keyring, make_settings()):
+        yield g
+
+
+async def test_accepts_and_commits_before_250(gateway: Gateway) -> None:
+    code, text = await gateway.send("doc@org.example", ["a@x.example", "b@y.example"], MAIL)
+    assert code == 250 and b"queued as" in text
+    assert await gateway.counts() == (1, 2)
+
+
+async def test_untrusted_client_refused(store: Store, keyring: Keyring) -> None:
+    settings = make_settings(trusted_networks=["192.0.2.0/24"])
+    async for g in _gateway(store, keyring, settings):
+        code, text = await g.send("doc@org.example", ["a@x.example"], MAIL)
+        assert code == 554 and b"Relay access denied" in text
+        assert await g.counts() == (0, 0)
+
+
+async def test_size_limit(gateway: Gateway) -> None:
+    big = MAIL + (b"x" * 76 + b"\r\n") * 15000
+    code, _ = await gateway.send("doc@org.example", ["a@x.example"], big)
+    assert code == 552
+    assert await gateway.counts() == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "code"),
+    [
+        ("bad@@x.example", 553),
+        ("user@localhost", 553),
+        ("user@[127.0.0.1]", 553),
+        ("a..b@x.example", 553),
+    ],
+)
+async def test_recipient_syntax(gateway: Gateway, rcpt: str, code: int) -> None:
+    got, _ = await gateway.send("doc@org.example", [rcpt], MAIL)
+    assert got == code
+
+
+async def test_sender_syntax(gateway: Gateway) -> None:
+    got, _ = await gateway.send("doc@@org", ["a@x.example"], MAIL)
+    assert got in (501, 553)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Subject: x\r\n\r\nline\nsmuggled\r\n",
+        b"Subject: x\r\n\r\nline\rsmuggled\r\n",
+        b"Subject: x\r\n\r\nbody\n.\r\nMAIL FROM:<evil@x.example>\r\n",
+    ],
+)
+async def test_bare_line_endings_refused(gateway: Gateway, body: bytes) -> None:
+    def raw() -> tuple[int, bytes]:
+        with gateway.client() as c:
+            c.mail("doc@org.example")
+            c.rcpt("a@x.example")
+            c.putcmd("data")
+            c.getreply()
+            c.send(body + b".\r\n")
+            return c.getreply()
+
+    code, text = await asyncio.to_thread(raw)
+    assert code == 550 and b"bare" in text
+    assert await gateway.counts() == (0, 0)
+
+
+async def test_thousand_recipients_and_one_more(store: Store, keyring: Keyring) -> None:
+    async for g in _gateway(store, keyring, make_settings(max_recipients=1000)):
+
+        def go(g: Gateway = g) -> tuple[list[int], tuple[int, bytes]]:
+            with g.client() as c:
+                c.mail("doc@org.example")
+                codes = [c.rcpt(f"r{i}@d{i % 7}.example")[0] for i in range(1001)]
+                return codes, c.data(MAIL)
+
+        codes, (code, _) = await asyncio.to_thread(go)
+        assert codes[:1000] == [250] * 1000 and codes[1000] == 452
+        assert code == 250
+        assert await g.counts() == (1, 1000)
+
+
+async def test_store_failure_is_a_temporary_error(tmp_path: Path, keyring: Keyring) -> None:
+    store = Store(f"sqlite:///{tmp_path}/never-migrated.db")  # no tables: every insert fails
+    async for g in _gateway(store, keyring, make_settings()):
+        code, text = await g.send("doc@org.example", ["a@x.example"], MAIL)
+        assert code == 451 and b"try again" in text
+    await store.close()
+
+
+@hsettings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(max_size=3000))
+async def test_arbitrary_data_gets_a_clear_reply(gateway: Gateway, data: bytes) -> None:
+    def go() -> tuple[int, bytes]:
+        with gateway.client() as c:
+            c.mail("doc@org.example")
+            c.rcpt("a@x.example")
+            c.putcmd("data")
+            c.getreply()
+            # Dot-stuff so the fuzzed bytes cannot end DATA early, then terminate properly.
+            c.send(data.replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n")
+            return c.getreply()
+
+    code, _ = await asyncio.to_thread(go)
+    assert code in (250, 550, 500, 554)
