@@ -19,14 +19,20 @@ async def _reset_postgres(url: str) -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """The same store contract over both backends."""
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/sigillo.db"
-    else:
-        url = request.getfixturevalue("pg_url")
-        await _reset_postgres(url)
-    s = Store(url)
+        return f"sqlite:///{tmp_path}/sigillo.db"
+    # pg_url is resolved here, outside the event loop: it creates its database synchronously.
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """The same store contract over both backends (a fresh schema for every test)."""
+    if store_url.startswith("postgresql"):
+        await _reset_postgres(store_url)
+    s = Store(store_url)
     await migrate.upgrade(s)
     yield s
     await s.close()

@@ -80,6 +80,13 @@ async def test_accepts_and_commits_before_250(gateway: Gateway) -> None:
     assert await gateway.counts() == (1, 2)
 
 
+async def test_null_sender_accepted(gateway: Gateway) -> None:
+    code, _ = await gateway.send("", ["a@x.example"], MAIL)  # smtplib sends MAIL FROM:<>
+    assert code == 250
+    async with gateway.store.session() as s:
+        assert (await s.execute(select(Message.mail_from))).scalar_one() == ""
+
+
 async def test_untrusted_client_refused(store: Store, keyring: Keyring) -> None:
     settings = make_settings(trusted_networks=["192.0.2.0/24"])
     async for g in _gateway(store, keyring, settings):
@@ -177,3 +184,22 @@ async def test_arbitrary_data_gets_a_clear_reply(gateway: Gateway, data: bytes) 
 
     code, _ = await asyncio.to_thread(go)
     assert code in (250, 550, 500, 554)
+
+
+async def test_database_files_hold_no_subject_or_body(tmp_path: Path, keyring: Keyring) -> None:
+    from sigillo.store import migrate
+
+    store = Store(f"sqlite:///{tmp_path}/at-rest.db")
+    await migrate.upgrade(store)
+    subject, body = "Biopsy result for Maria Rossi", "Malignant cells were found"
+    mail = f"Subject: {subject}\r\n\r\n{body}\r\n".encode()
+    async for g in _gateway(store, keyring, make_settings()):
+        code, _ = await g.send("doc@org.example", ["maria@x.example"], mail)
+        assert code == 250
+    await store.close()
+    files = list(tmp_path.glob("at-rest.db*"))  # the database and its WAL
+    raw = b"".join(f.read_bytes() for f in files)
+    assert b"maria@x.example" in raw  # the grep itself works: the envelope is there
+    for needle in (subject, body, "Biopsy", "Malignant"):
+        assert needle.encode() not in raw
+        assert needle.encode("utf-16-le") not in raw

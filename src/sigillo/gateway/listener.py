@@ -64,7 +64,9 @@ class GatewayHandler:
         if not self._trusted(session):
             log.warning("relay_refused", client=_client(session))
             return "554 5.7.1 Relay access denied: this client is not in smtp.trusted_networks"
-        if address:
+        # The null reverse-path arrives as "<>" and must stay so: aiosmtpd reads an empty
+        # mail_from as "no MAIL yet". It is stored as "".
+        if address and address != "<>":
             try:
                 split_mailbox(address)
             except AddressError as exc:
@@ -110,7 +112,7 @@ class GatewayHandler:
                 self.store,
                 self.keyring,
                 self.settings.delivery,
-                mail_from=envelope.mail_from or "",
+                mail_from="" if envelope.mail_from == "<>" else envelope.mail_from or "",
                 recipients=recipients,
                 content=stamped,
                 client_address=_client(session),
