@@ -50,7 +50,9 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine, turning operational failures into one clear line (no traceback)."""
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except (OperationalError, DBAPIError, StoreUnavailable, ConnectionRefusedError) as exc:
+    except StoreUnavailable as exc:
+        fail(str(exc))
+    except (OperationalError, DBAPIError, ConnectionRefusedError) as exc:
         first = str(getattr(exc, "orig", exc) or exc).splitlines()[0]
         fail(f"database unavailable: {first}")
     except KeyringError as exc:
@@ -76,7 +78,6 @@ def serve(
     unknown = set(roles) - set(ROLES)
     if unknown or not roles:
         fail(f"unknown role(s) {sorted(unknown)}; choose from {', '.join(ROLES)}", 2)
-    logs.configure()
     run(lambda: run_serve(settings, roles))
 
 
@@ -97,6 +98,25 @@ def db_upgrade(config: ConfigOption = None) -> None:
 
     current, _ = run(go)
     typer.echo(f"database at revision {current}")
+
+
+async def open_store(settings: Settings) -> Store:
+    """A store whose schema matches this code, or a clear instruction to the operator."""
+    from sigillo.store import migrate
+
+    store = Store(settings.storage.database_url)
+    try:
+        current, head = await migrate.revision(store)
+    except BaseException:
+        await store.close()
+        raise
+    if current != head:
+        await store.close()
+        raise StoreUnavailable(
+            f"database schema is at {current or 'nothing'}, this sigillo needs {head}: "
+            "run 'sigillo db upgrade'"
+        )
+    return store
 
 
 def _attempt_dict(a: Attempt) -> dict[str, Any]:
@@ -166,7 +186,7 @@ def message_show(message_id: str, config: ConfigOption = None, json_: JsonOption
     settings = settings_from(config)
 
     async def go() -> dict[str, Any] | None:
-        store = Store(settings.storage.database_url)
+        store = await open_store(settings)
         try:
             async with store.session() as session:
                 msg = await session.get(Message, message_id)
@@ -201,7 +221,7 @@ def queue_cmd(
     settings = settings_from(config)
 
     async def go() -> dict[str, Any]:
-        store = Store(settings.storage.database_url)
+        store = await open_store(settings)
         try:
             async with store.session() as session:
                 counts = await session.execute(
@@ -248,6 +268,7 @@ def probe(domain: str, config: ConfigOption = None, json_: JsonOption = False) -
 
 
 def main() -> None:
+    logs.configure()
     try:
         app()
     except KeyboardInterrupt:

@@ -75,8 +75,9 @@ def gateway_settings(
 
 
 class Gateway:
-    def __init__(self, settings: Settings, store: Store, keyring: Keyring, port: int,
-                 relay: RelayRecorder) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, keyring: Keyring, port: int, relay: RelayRecorder
+    ) -> None:
         self.settings = settings
         self.store = store
         self.keyring = keyring

@@ -43,7 +43,9 @@ def carries_content(m: ReceivedMail) -> bool:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path, mx_peers: MxPeers, dns_peer: DnsmasqPeer) -> AsyncIterator[Gateway]:
+async def gateway(
+    tmp_path: Path, mx_peers: MxPeers, dns_peer: DnsmasqPeer
+) -> AsyncIterator[Gateway]:
     async with running_gateway(tmp_path, mx_peers, dns_peer) as g:
         yield g
 
@@ -206,16 +208,18 @@ async def test_threaded_reply_joins_the_conversation(gateway: Gateway) -> None:
     one = await gateway.send("rossi@org.example", [rcpt], first)
     await gateway.settle(one)
     two = await gateway.send(
-        "rossi@org.example", [rcpt], mail([rcpt], marker="2",
-                                          extra=f"In-Reply-To: {first_id_header}\r\n")
+        "rossi@org.example",
+        [rcpt],
+        mail([rcpt], marker="2", extra=f"In-Reply-To: {first_id_header}\r\n"),
     )
     await gateway.settle(two)
     three = await gateway.send("rossi@org.example", [rcpt], mail([rcpt], marker="3"))
     await gateway.settle(three)
     async with gateway.store.session() as session:
         rows = await session.execute(
-            select(ConversationMessage.message_id, ConversationMessage.conversation_id)
-            .where(ConversationMessage.message_id.in_([one, two, three]))
+            select(ConversationMessage.message_id, ConversationMessage.conversation_id).where(
+                ConversationMessage.message_id.in_([one, two, three])
+            )
         )
         conv = dict(rows.all())
     assert conv[one] == conv[two] != conv[three]

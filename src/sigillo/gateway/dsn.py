@@ -17,7 +17,6 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import message_from_bytes
 from email.headerregistry import Address
 from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesHeaderParser
@@ -104,7 +103,7 @@ def build_dsn(
     sender = _address(postmaster, what="postmaster", display_name="Mail Delivery System")
     now = datetime.now(UTC) if now is None else _aware(now, "now")
     arrival = _aware(arrival, "arrival")
-    headers = _header_lines(original)
+    headers = _capped(_split(original)[0])
 
     all_delayed = all(r.action == "delayed" for r in recipients)
     msg = EmailMessage(policy=_POLICY)
@@ -119,14 +118,16 @@ def build_dsn(
     msg["Message-ID"] = f"<dsn.{secrets.token_hex(16)}@{host}>"
     msg["Auto-Submitted"] = "auto-replied"
     msg["MIME-Version"] = "1.0"
-    msg["Content-Type"] = "multipart/report; report-type=delivery-status"
+    # Random, and "=_" cannot occur in quoted-printable: no part can contain the delimiter.
+    boundary = f"=_dsn_{secrets.token_hex(16)}"
+    msg["Content-Type"] = f'multipart/report; report-type=delivery-status; boundary="{boundary}"'
     msg.set_payload(
         [
             _human_part(
                 host, recipients, arrival, _subject(headers), content_attached=include_content
             ),
             _status_part(host, recipients, arrival, envid),
-            _original_part(original, headers) if include_content else _headers_part(headers),
+            _original_part(original) if include_content else _headers_part(headers),
         ]
     )
     return msg
@@ -220,14 +221,43 @@ def _headers_part(headers: list[bytes]) -> MIMEPart:
     return part
 
 
-def _original_part(original: bytes, headers: list[bytes]) -> MIMEPart:
-    """message/rfc822 with everything: only on request, see the module docstring."""
-    canonical = _LINE_BREAK.sub(b"\r\n", original)
-    embedded = message_from_bytes(canonical, policy=_POLICY)
+def _original_part(original: bytes) -> MIMEPart:
+    """message/rfc822 with everything: only on request, see the module docstring.
+
+    The original is written back as it came, bar line endings, rather than parsed and
+    regenerated: the email package refolds parsed headers, and raises on some malformed
+    multiparts. Its header section travels as one self-writing header object and its body as
+    text, which the generator writes verbatim (8-bit bytes included, via surrogateescape).
+    """
+    lines, body_start = _split(original)
+    embedded = MIMEPart(policy=_POLICY)
+    if lines:
+        embedded[_VerbatimHeaders.name] = _VerbatimHeaders(lines)
+    embedded.set_payload(original[body_start:].decode("ascii", "surrogateescape"))
     part = MIMEPart(policy=_POLICY)
-    part.set_content(embedded, cte=_transfer_class(canonical))
+    part["Content-Type"] = "message/rfc822"
+    part["Content-Transfer-Encoding"] = _transfer_class(original)
     part["Content-Description"] = "Undelivered message"
+    payload: list[Message | str] = [embedded]
+    part.set_payload(payload)
     return part
+
+
+class _VerbatimHeaders(str):
+    """A whole header section that folds to its own lines; the name is never written."""
+
+    name = "X-Sigillo-Verbatim-Headers"
+
+    def __new__(cls, lines: list[bytes]) -> _VerbatimHeaders:
+        decoded = [line.decode("ascii", "surrogateescape") for line in lines]
+        section = super().__new__(cls, "\r\n".join(decoded))
+        section.decoded = decoded
+        return section
+
+    decoded: list[str]
+
+    def fold(self, *, policy: Policy[Any]) -> str:
+        return policy.linesep.join(self.decoded) + policy.linesep
 
 
 def _text_part(text: str, *, subtype: str) -> MIMEPart:
@@ -244,45 +274,55 @@ def _text_part(text: str, *, subtype: str) -> MIMEPart:
 
 
 def _transfer_class(data: bytes) -> str:
-    """RFC 2045 section 2: message/rfc822 may only be labelled, never encoded."""
-    if b"\0" in data or any(len(line) > 998 for line in data.split(b"\r\n")):
+    """RFC 2046 section 5.2.1: message/rfc822 may only be labelled, never encoded."""
+    if b"\0" in data or any(len(line) > 998 for line in _LINE_BREAK.split(data)):
         return "binary"
     return "7bit" if data.isascii() else "8bit"
 
 
-def _header_lines(original: bytes) -> list[bytes]:
-    """The header section of ``original``, line by line, never a byte of its body.
+def _split(original: bytes) -> tuple[list[bytes], int]:
+    """The header section of ``original`` line by line, and the offset where its body starts.
 
-    Stops at the first empty or blank line, and also at the first line that is neither a header
-    field nor a continuation of one: an original with no separating empty line must not leak its
-    body. A body line shaped like a header field (``Diagnosis: ...``) right after the headers,
+    The headers end at the first empty or blank line, and also at the first line that is neither
+    a header field nor a continuation of one: an original with no separating empty line must not
+    leak its body. A body line shaped like a field (``Diagnosis: ...``) right after the headers,
     with no empty line between, is indistinguishable from a header; any parser would agree.
     """
     lines: list[bytes] = []
-    size = 0
-    for line in _lines(original):
+    for line, start, after in _lines(original):
         if line[:1] in (b" ", b"\t"):
-            if not lines or not line.strip():
-                break
-        elif not _FIELD_START.match(line):
-            break
+            if lines and line.strip():
+                lines.append(line)
+                continue
+        elif _FIELD_START.match(line):
+            lines.append(line)
+            continue
+        return lines, after if not line.strip() else start
+    return lines, len(original)
+
+
+def _capped(lines: list[bytes]) -> list[bytes]:
+    kept: list[bytes] = []
+    size = 0
+    for line in lines:
         size += len(line) + 1
         if size > HEADERS_LIMIT:
             break
-        lines.append(line)
-    return lines
+        kept.append(line)
+    return kept
 
 
-def _lines(data: bytes) -> Iterator[bytes]:
-    """Lines under any convention (CRLF, LF, lone CR), lazily: the body may be large."""
+def _lines(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """Lines under any convention (CRLF, LF, lone CR), with where each starts and the next does.
+
+    Lazy: only the header section is wanted, and the body may be large.
+    """
     pos = 0
     while pos < len(data):
         match = _LINE_BREAK.search(data, pos)
-        if match is None:
-            yield data[pos:]
-            return
-        yield data[pos : match.start()]
-        pos = match.end()
+        end, after = (len(data), len(data)) if match is None else match.span()
+        yield data[pos:end], pos, after
+        pos = after
 
 
 def _subject(headers: list[bytes]) -> str | None:
@@ -455,10 +495,15 @@ def _strip_controls(value: str) -> str:
 
 
 def _address(value: str, *, what: str, display_name: str = "") -> Address:
-    """An Address built from parts, so a comma or quote in the input cannot add a recipient."""
-    bare = _strip_controls(value).strip().removeprefix("<").removesuffix(">").strip()
+    """An Address built from parts, so a comma or quote in the input cannot add a recipient.
+
+    These come from our own listener and configuration, never with control characters; one
+    present means the value is not what it claims to be, and stripping it would change which
+    mailbox the DSN names, so it is refused.
+    """
+    bare = value.strip().removeprefix("<").removesuffix(">").strip()
     local, at, domain = bare.rpartition("@")
-    if not at or not local or not _DOMAIN.fullmatch(domain):
+    if not at or not local or not _DOMAIN.fullmatch(domain) or _strip_controls(local) != local:
         raise ValueError(f"{what} is not a usable mail address: {bare!r}")
     return Address(display_name=display_name, username=local, domain=domain)
 

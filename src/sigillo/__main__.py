@@ -1,0 +1,3 @@
+from sigillo.cli import main
+
+main()
