@@ -1,0 +1,3 @@
+"""Shared pytest configuration: the real test peers (Postfix, dnsmasq, PostgreSQL)."""
+
+pytest_plugins = ["tests.peers.fixtures"]
