@@ -48,7 +48,11 @@ class RelayRecorder:
 
 
 def gateway_settings(
-    tmp_path: Path, mx: MxPeers, dns: DnsmasqPeer, relay_port: int, **sections: dict[str, Any]
+    tmp_path: Path,
+    mx: MxPeers,
+    dns: DnsmasqPeer,
+    relay_port: int,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> Settings:
     base: dict[str, dict[str, Any]] = {
         "smtp": {"listen": "127.0.0.1:0", "hostname": "gw.org.example"},
@@ -69,7 +73,7 @@ def gateway_settings(
             "key_file": str(tmp_path / "sigillo.keys"),
         },
     }
-    for name, values in sections.items():
+    for name, values in (overrides or {}).items():
         base.setdefault(name, {}).update(values)
     return Settings.model_validate(base)
 
@@ -154,13 +158,16 @@ async def received(
 
 @asynccontextmanager
 async def running_gateway(
-    tmp_path: Path, mx: MxPeers, dns: DnsmasqPeer, **sections: dict[str, Any]
+    tmp_path: Path,
+    mx: MxPeers,
+    dns: DnsmasqPeer,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> AsyncIterator[Gateway]:
     relay = RelayRecorder()
     loop = asyncio.get_running_loop()
     relay_server = await loop.create_server(lambda: SMTP(relay), "127.0.0.1", 0)
     relay_port = relay_server.sockets[0].getsockname()[1]
-    settings = gateway_settings(tmp_path, mx, dns, relay_port, **sections)
+    settings = gateway_settings(tmp_path, mx, dns, relay_port, overrides)
     store = Store(settings.storage.database_url)
     await migrate.upgrade(store)
     keyring = Keyring.load_or_create(settings.storage.key_file)

@@ -118,7 +118,7 @@ async def test_encrypt_level_accepts_any_certificate(
     tmp_path: Path, mx_peers: MxPeers, dns_peer: DnsmasqPeer
 ) -> None:
     sections = {"delivery": {"domains": {"wrongname.test": "encrypt"}}}
-    async with running_gateway(tmp_path, mx_peers, dns_peer, **sections) as gateway:
+    async with running_gateway(tmp_path, mx_peers, dns_peer, sections) as gateway:
         rcpt = addr("wrongname.test")
         msg_id = await gateway.send("rossi@org.example", [rcpt], mail([rcpt]))
         [job] = await gateway.settle(msg_id)
@@ -133,7 +133,7 @@ async def test_encrypt_level_still_needs_starttls(
     tmp_path: Path, mx_peers: MxPeers, dns_peer: DnsmasqPeer
 ) -> None:
     sections = {"delivery": {"domains": {".test": "encrypt"}}}
-    async with running_gateway(tmp_path, mx_peers, dns_peer, **sections) as gateway:
+    async with running_gateway(tmp_path, mx_peers, dns_peer, sections) as gateway:
         rcpt = addr("plain.test")
         msg_id = await gateway.send("rossi@org.example", [rcpt], mail([rcpt]))
         [job] = await gateway.settle(msg_id)
@@ -144,7 +144,7 @@ async def test_portal_policy_never_connects(
     tmp_path: Path, mx_peers: MxPeers, dns_peer: DnsmasqPeer
 ) -> None:
     sections = {"delivery": {"domains": {"tls.test": "portal"}}}
-    async with running_gateway(tmp_path, mx_peers, dns_peer, **sections) as gateway:
+    async with running_gateway(tmp_path, mx_peers, dns_peer, sections) as gateway:
         rcpt = addr("tls.test")
         msg_id = await gateway.send("rossi@org.example", [rcpt], mail([rcpt]))
         [job] = await gateway.settle(msg_id)

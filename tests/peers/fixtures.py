@@ -10,6 +10,7 @@ Loopback layout (one random 127.X.Y block per test session, `peer_block`):
     .3  plain      no STARTTLS
     .4  wrongname  STARTTLS, self-signed certificate for wrong.invalid
     .5  broken     advertises STARTTLS, answers 454 to it
+    .6  (free for a test's own server, e.g. one capped below TLS 1.2: mx.oldtls.test)
     .9  (nothing listens: connections are refused)
 """
 
@@ -145,6 +146,7 @@ def dns_records(block: str) -> tuple[dict[str, list[tuple[int, str]]], dict[str,
         "twomx.test": [(10, "mx-dead.twomx.test"), (20, "mx.tls.test")],
         "sink.test": [(10, "mx.tls.test")],
         "dead.test": [(10, "mx-dead.twomx.test")],
+        "oldtls.test": [(10, "mx.oldtls.test")],
     }
     hosts = {
         "mx.tls.test": f"{block}.2",
@@ -153,6 +155,7 @@ def dns_records(block: str) -> tuple[dict[str, list[tuple[int, str]]], dict[str,
         "mx.broken.test": f"{block}.5",
         "mx-dead.twomx.test": f"{block}.9",
         "implicit.test": f"{block}.2",
+        "mx.oldtls.test": f"{block}.6",
     }
     return mx, hosts
 
@@ -164,7 +167,8 @@ def dns_peer(tmp_path_factory: pytest.TempPathFactory, peer_block: str) -> Itera
     MX: tls/plain/wrongname/broken.test -> mx.<domain> (.2/.3/.4/.5); nullmx.test -> "." (null
     MX); twomx.test -> 10 mx-dead.twomx.test (.9, refuses), 20 mx.tls.test; sink.test ->
     mx.tls.test; dead.test -> only mx-dead.twomx.test. implicit.test has only an A record
-    (.2). Queries for anything under dnstimeout.test are never answered. Every other name
+    (.2). oldtls.test -> mx.oldtls.test (.6, where a test runs its own server). Queries for
+    anything under dnstimeout.test are never answered. Every other name
     under .test is NXDOMAIN.
     """
     mx, hosts = dns_records(peer_block)
