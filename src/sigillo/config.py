@@ -149,6 +149,8 @@ class DeliverySettings(_Section):
     """Claims that ended without a result (a worker died) before an entry is set aside."""
     concurrency: int = Field(default=20, ge=1)
     poll_interval: Duration = timedelta(seconds=1)
+    dsn_include_content: bool = False
+    """DSNs to the sender carry the original headers only; true attaches the whole message."""
     dane: bool = True
     mta_sts: bool = True
     domains: dict[str, TLSLevel] = {}

@@ -57,9 +57,9 @@ class Notification:
         msg["Date"] = format_datetime(now)
         msg["Message-ID"] = make_msgid(domain=hostname)
         msg["Auto-Submitted"] = "auto-generated"
-        msg["Subject"] = (
-            f"Secure message: {self.subject}" if self.subject else "You have a secure message"
-        )
+        # Whitespace collapsed: a subject from the network must not fold into a new header.
+        subject = " ".join((self.subject or "").split())[:200]
+        msg["Subject"] = f"Secure message: {subject}" if subject else "You have a secure message"
         msg.set_content(
             "You have received a secure message. For your protection it was not sent by\n"
             "ordinary email. Open it here:\n\n"

@@ -223,3 +223,18 @@ async def test_threaded_reply_joins_the_conversation(gateway: Gateway) -> None:
         )
         conv = dict(rows.all())
     assert conv[one] == conv[two] != conv[three]
+
+
+async def test_subject_in_notification_only_when_configured(
+    tmp_path: Path, mx_peers: MxPeers, dns_peer: DnsmasqPeer
+) -> None:
+    overrides = {"notify": {"include_subject": True}}
+    async with running_gateway(tmp_path, mx_peers, dns_peer, overrides) as gateway:
+        rcpt = addr("plain.test")
+        msg_id = await gateway.send("rossi@org.example", [rcpt], mail([rcpt]))
+        await gateway.settle(msg_id)
+        [notify] = await gateway.notify_jobs(rcpt)
+        await gateway.wait_state(notify.id, {JobState.DELIVERED})
+        [note] = await received(mx_peers, 1, lambda m: m.recipient == rcpt)
+        assert SECRET_SUBJECT in str(note.message["Subject"])
+        assert SECRET_BODY.encode() not in note.raw

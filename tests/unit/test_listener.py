@@ -203,3 +203,16 @@ async def test_database_files_hold_no_subject_or_body(tmp_path: Path, keyring: K
     for needle in (subject, body, "Biopsy", "Malignant"):
         assert needle.encode() not in raw
         assert needle.encode("utf-16-le") not in raw
+
+
+async def test_sixty_megabytes_refused_with_552_and_nothing_stored(
+    store: Store, keyring: Keyring
+) -> None:
+    settings = Settings.model_validate({"smtp": {"listen": "127.0.0.1:0"}})  # default 25 MiB
+    huge = MAIL + (b"y" * 998 + b"\r\n") * (60 * 1024)  # ~60 MB in legal-length lines
+    async for g in _gateway(store, keyring, settings):
+        code, text = await g.send("doc@org.example", ["a@x.example"], huge)
+        assert code == 552 and b"Too much mail data" in text
+        assert await g.counts() == (0, 0)
+        code, _ = await g.send("doc@org.example", ["a@x.example"], MAIL)  # still serving
+        assert code == 250

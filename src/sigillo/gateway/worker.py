@@ -230,8 +230,7 @@ class Worker:
         headers = BytesHeaderParser(policy=default).parsebytes(
             queue.open_content(self.keyring, message)
         )
-        subject = str(headers.get("Subject", "")).replace("\r", " ").replace("\n", " ")
-        return subject[:200] or None
+        return str(headers.get("Subject", "")) or None
 
     # -- delivery status notifications -------------------------------------------------
 
@@ -274,6 +273,7 @@ class Worker:
             postmaster=f"MAILER-DAEMON@{hostname}",
             recipients=[failed],
             arrival=message.received_at,
+            include_content=self.settings.delivery.dsn_include_content,
             now=now,
         )
         try:
