@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -75,7 +76,7 @@ class _Section(BaseModel):
 
 class SMTPSettings(_Section):
     listen: str = "127.0.0.1:2525"
-    hostname: str = "localhost"
+    hostname: str = Field(default_factory=socket.getfqdn)
     """Name in the greeting, in EHLO to recipients' servers and in generated Message-IDs."""
     trusted_networks: list[str] = ["127.0.0.0/8", "::1/128"]
     """Clients allowed to relay through sigillo; every other client gets 554."""

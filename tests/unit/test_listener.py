@@ -216,3 +216,39 @@ async def test_sixty_megabytes_refused_with_552_and_nothing_stored(
         assert await g.counts() == (0, 0)
         code, _ = await g.send("doc@org.example", ["a@x.example"], MAIL)  # still serving
         assert code == 250
+
+
+async def test_starttls_on_the_listener(tmp_path: Path, store: Store, keyring: Keyring) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("gw.org.example")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    settings = make_settings(
+        tls_cert_file=str(tmp_path / "cert.pem"),
+        tls_key_file=str(tmp_path / "key.pem"),
+        require_starttls=True,
+    )
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    async for g in _gateway(store, keyring, settings):
+
+        def go(g: Gateway = g) -> tuple[int, int, str | None]:
+            with smtplib.SMTP("127.0.0.1", g.port, timeout=10) as c:
+                c.ehlo("mail.org.example")
+                refused, _ = c.mail("doc@org.example")  # before STARTTLS: refused
+                c.rset()
+                c._host = "gw.org.example"  # smtplib verifies the name it connected to
+                c.starttls(context=client_ctx)
+                c.ehlo("mail.org.example")
+                sock = c.sock
+                version = sock.version() if isinstance(sock, ssl.SSLSocket) else None
+                c.sendmail("doc@org.example", ["a@x.example"], MAIL)
+                return refused, 250, version
+
+        refused, ok, version = await asyncio.to_thread(go)
+        assert refused == 530 and ok == 250 and version in ("TLSv1.2", "TLSv1.3")
+        assert await g.counts() == (1, 1)

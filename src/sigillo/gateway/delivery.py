@@ -115,6 +115,12 @@ class Deliverer:
         self.resolver = resolver
         self.helo = helo
 
+    def timed_out(self, domain: str, recipients: Sequence[str], seconds: float) -> GroupResult:
+        reason = f"delivery attempt exceeded {seconds:.0f}s; will retry"
+        return GroupResult(
+            policy_for(domain, self.settings), _all(recipients, Outcome.DEFERRED, reason, "4.4.7")
+        )
+
     async def probe(self, domain: str) -> GroupResult:
         """What a delivery to ``domain`` would do now, stopping before MAIL FROM."""
         return await self.deliver(domain, "", ["(probe)"], None)

@@ -127,7 +127,15 @@ class Worker:
             message = await queue.load_message(session, first.message_id)
         content = queue.open_content(self.keyring, message)
         recipients = [job.recipient for job in claim.jobs]
-        result = await self.deliverer.deliver(first.domain, message.mail_from, recipients, content)
+        # Finish well inside the lease, or another worker could start a second copy.
+        budget = self.settings.delivery.lease.total_seconds() * 0.8
+        try:
+            async with asyncio.timeout(budget):
+                result = await self.deliverer.deliver(
+                    first.domain, message.mail_from, recipients, content
+                )
+        except TimeoutError:
+            result = self.deliverer.timed_out(first.domain, recipients, budget)
         await self.record_delivery(claim, message, content, result)
 
     async def record_delivery(
