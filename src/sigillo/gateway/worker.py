@@ -56,8 +56,8 @@ class Worker:
         self.resolver = MXResolver(settings.dns)
         self.deliverer = Deliverer(settings.delivery, self.resolver, settings.smtp.hostname)
         self.wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(settings.delivery.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        """Claims being worked on; at most ``delivery.concurrency``."""
 
     def notify_queued(self) -> None:
         self.wake.set()
@@ -80,10 +80,9 @@ class Worker:
 
     async def poll_once(self) -> int:
         """Claim as many groups as there are free slots and start them; returns how many."""
-        free = self._slots._value
+        free = self.settings.delivery.concurrency - len(self._tasks)
         if free <= 0:
-            await asyncio.sleep(0.05)
-            return 0
+            return 0  # a finishing task wakes the loop
         try:
             claims = await queue.claim(self.store, self.settings.delivery, self.name, free)
         except Exception as exc:  # a database outage must not kill the worker
@@ -96,12 +95,15 @@ class Worker:
                 log.error("job_held", job=job.id, reason=job.reason)
             if not claim.jobs:
                 continue
-            await self._slots.acquire()
             task = asyncio.create_task(self._run(claim))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._finished)
             started += 1
         return started
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.wake.set()  # a slot is free, and the result may have queued new jobs
 
     async def _run(self, claim: queue.Claim) -> None:
         try:
@@ -114,8 +116,6 @@ class Worker:
         except Exception:
             # The lease will lapse and the job comes back; repeated crashes set it aside.
             log.exception("job_crashed", jobs=[j.id for j in claim.jobs])
-        finally:
-            self._slots.release()
 
     # -- message content ---------------------------------------------------------------
 
