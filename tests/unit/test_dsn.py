@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from sigillo.gateway.dsn import (
     DIAGNOSTIC_LIMIT,
+    Action,
     FailedRecipient,
     build_dsn,
     dsn_bytes,
@@ -255,9 +256,10 @@ def test_optional_fields_are_absent_when_unknown() -> None:
         ("5.1.1", "delayed", "4.0.0"),
         ("", "delayed", "4.0.0"),
         ("5.1.1\r\nX: y", "failed", "5.0.0"),
+        ("5.\u0661.\u0661", "failed", "5.0.0"),  # Arabic-Indic digits are digits, not ASCII
     ],
 )
-def test_status_from_the_network_is_normalised(status: str, action: str, expected: str) -> None:
+def test_status_from_the_network_is_normalised(status: str, action: Action, expected: str) -> None:
     recipient = replace(BOUNCE, status=status, action=action)
     assert status_blocks(reparse(make(recipients=[recipient])))[1]["Status"] == expected
 
@@ -296,11 +298,16 @@ def test_by_default_only_the_header_section_is_returned() -> None:
 def test_include_content_returns_the_whole_message() -> None:
     msg = reparse(make(include_content=True))
     third = parts(msg)[2]
+    assert isinstance(third, EmailMessage)
     assert third.get_content_type() == "message/rfc822"
     embedded = third.get_content()
     assert embedded["Subject"] == "Your results"
     assert SENTINEL.decode() in embedded.get_content()
     assert "your message itself is not attached" not in words(parts(msg)[0])
+
+
+def test_by_default_the_sender_is_told_why_the_content_is_missing() -> None:
+    assert "your message itself is not attached" in words(parts(reparse(make()))[0])
 
 
 WEIRD_ORIGINALS = {
@@ -337,6 +344,23 @@ def test_weird_originals_never_raise_nor_leak_the_body(name: str) -> None:
     parsed = reparse(msg)
     assert [p.get_content_type() for p in parts(parsed)][2] == "text/rfc822-headers"
     assert SENTINEL.decode() not in content(parts(parsed)[2])
+
+
+@pytest.mark.parametrize(
+    "original",
+    [ORIGINAL, WEIRD_ORIGINALS["eight_bit_headers"], WEIRD_ORIGINALS["long_header"]],
+)
+def test_include_content_returns_the_original_bytes_unchanged(original: bytes) -> None:
+    raw = dsn_bytes(make(original=original, include_content=True))
+    assert section(raw, b"message/rfc822") == original
+
+
+def test_include_content_makes_line_endings_crlf() -> None:
+    original = WEIRD_ORIGINALS["lf"]
+    raw = dsn_bytes(make(original=original, include_content=True))
+    assert section(raw, b"message/rfc822").rstrip(b"\r\n") == original.replace(
+        b"\n", b"\r\n"
+    ).rstrip(b"\r\n")
 
 
 @pytest.mark.parametrize("name", sorted(WEIRD_ORIGINALS))
@@ -446,7 +470,7 @@ def test_comma_in_sender_cannot_add_a_recipient() -> None:
         {"arrival": datetime(2026, 1, 1)},
         {"now": datetime(2026, 1, 1)},
         {"recipients": [replace(BOUNCE, last_attempt=datetime(2026, 1, 1))]},
-        {"recipients": [replace(BOUNCE, action="delivered")]},
+        {"recipients": [replace(BOUNCE, action="delivered")]},  # type: ignore[arg-type]
     ],
 )
 def test_caller_mistakes_raise_value_error(overrides: dict[str, Any]) -> None:

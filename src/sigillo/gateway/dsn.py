@@ -39,7 +39,6 @@ SUBJECT_LIMIT = 200
 
 _MAX_WORD = 900
 """No word in a DSN field exceeds this, so a folded line stays under RFC 5322's 998."""
-_FOLD_AT = 78
 
 _POLICY: EmailPolicy[EmailMessage] = SMTP.clone(refold_source="none")
 """CRLF, and headers of a returned original are written as they came rather than refolded."""
@@ -47,7 +46,7 @@ _POLICY: EmailPolicy[EmailMessage] = SMTP.clone(refold_source="none")
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 """RFC 5322 field name (printable ASCII but colon), obsolete whitespace before the colon allowed."""
-_STATUS = re.compile(r"([245])\.\d{1,3}\.\d{1,3}")
+_STATUS = re.compile(r"([245])\.[0-9]{1,3}\.[0-9]{1,3}")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
 _DOMAIN = re.compile(r"[\w-]+(?:\.[\w-]+)*|\[[\x21-\x5a\x5e-\x7e]+\]")
@@ -247,14 +246,13 @@ class _VerbatimHeaders(str):
     """A whole header section that folds to its own lines; the name is never written."""
 
     name = "X-Sigillo-Verbatim-Headers"
+    decoded: list[str]
 
     def __new__(cls, lines: list[bytes]) -> _VerbatimHeaders:
         decoded = [line.decode("ascii", "surrogateescape") for line in lines]
         section = super().__new__(cls, "\r\n".join(decoded))
         section.decoded = decoded
         return section
-
-    decoded: list[str]
 
     def fold(self, *, policy: Policy[Any]) -> str:
         return policy.linesep.join(self.decoded) + policy.linesep

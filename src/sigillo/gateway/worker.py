@@ -274,16 +274,23 @@ class Worker:
             last_attempt=last.at if last else None,
         )
         hostname = self.settings.smtp.hostname
-        dsn = build_dsn(
-            original=original,
-            envelope_from=message.mail_from,
-            reporting_mta=hostname,
-            postmaster=f"MAILER-DAEMON@{hostname}",
-            recipients=[failed],
-            arrival=message.received_at,
-            include_content=self.settings.delivery.dsn_include_content,
-            now=now,
-        )
+        try:
+            dsn = build_dsn(
+                original=original,
+                envelope_from=message.mail_from,
+                reporting_mta=hostname,
+                postmaster=f"MAILER-DAEMON@{hostname}",
+                recipients=[failed],
+                arrival=message.received_at,
+                include_content=self.settings.delivery.dsn_include_content,
+                now=now,
+            )
+        except ValueError as exc:  # e.g. a sender address no report can be addressed to
+            reason = f"cannot build a DSN: {exc}"
+            await self._record_simple(
+                claim, Attempt(at=now, outcome="failed", reason=reason), "failed", reason
+            )
+            return
         try:
             reply = await send_to_relay(self.settings, "", [job.recipient], dsn_bytes(dsn))
         except SessionError as exc:
