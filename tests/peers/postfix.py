@@ -17,9 +17,14 @@ pytest's temporary directories are private (mode 0700). So while it runs, the in
 a fresh directory under /tmp, with the symlink ``WORKDIR/postfix`` pointing there; `stop` moves
 that directory to ``WORKDIR/postfix`` (the log and the Maildir stay readable, nothing is left in
 /tmp) and a later `start` moves it back out, keeping queue, Maildir and log. Inside:
-``sigillo-peer-etc/`` (main.cf, master.cf, tls/), ``spool/`` (queue_directory), ``data/``
-(data_directory, owned by postfix), ``mail/all/`` (the Maildir, owned by nobody) and
-``postfix.log`` (maillog_file).
+``sigillo-peer-etc/`` (main.cf, master.cf, tls/ with the CA's certificate ``ca.pem``),
+``spool/`` (queue_directory), ``data/`` (data_directory, owned by postfix), ``mail/all/`` (the
+Maildir, owned by nobody) and ``postfix.log`` (maillog_file).
+
+Other roles: `extra_main_cf` adds main.cf settings or replaces the peer's own (a value of None
+drops a setting, so Postfix's built-in default applies). Values may use ``$config_directory``,
+e.g. ``smtp_tls_CAfile = $config_directory/tls/ca.pem`` (`PostfixPeer.ca_file`). A relaying
+instance built this way is `tests.peers.relay.PostfixRelay`.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -257,6 +262,7 @@ class PostfixPeer:
         domains: list[str],
         discard_domains: Sequence[str] = (),
         message_size_limit: int = 100 * 1024 * 1024,
+        extra_main_cf: Mapping[str, str | None] | None = None,
     ) -> None:
         if not listeners:
             raise ValueError("a PostfixPeer needs at least one listener")
@@ -276,6 +282,7 @@ class PostfixPeer:
         self.domains = list(domains)
         self.discard_domains = list(discard_domains)
         self.message_size_limit = message_size_limit
+        self.extra_main_cf = dict(extra_main_cf or {})
         self._root: Path | None = None
         self._registered = False
         self._by_hostname = {listener.hostname: listener.address for listener in listeners}
@@ -304,6 +311,11 @@ class PostfixPeer:
     @property
     def log_path(self) -> Path:
         return self.root / "postfix.log"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA's certificate inside the instance (readable by Postfix's daemons)."""
+        return self.config_dir / "tls" / "ca.pem"
 
     @property
     def addresses(self) -> list[str]:
@@ -405,6 +417,11 @@ class PostfixPeer:
             "smtpd_tls_received_header": "yes",
             "smtpd_tls_loglevel": "1",
         }
+        for key, value in self.extra_main_cf.items():
+            if value is None:
+                settings.pop(key, None)
+            else:
+                settings[key] = value
         return "".join(f"{key} = {value}\n" for key, value in settings.items())
 
     def _master_cf(self, certificates: dict[str, CertFiles | None]) -> str:
@@ -471,6 +488,8 @@ class PostfixPeer:
                 os.chown(entry, nobody.pw_uid, nobody.pw_gid)
         (self.config_dir / "main.cf").write_text(self._main_cf())
         (self.config_dir / "recipient_access").write_text(RECIPIENT_ACCESS)
+        self.ca_file.parent.mkdir(mode=0o755, exist_ok=True)
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
         certificates = {
             listener.address: self._certificates(listener) for listener in self.listeners
         }
