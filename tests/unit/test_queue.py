@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from sigillo.config import DeliverySettings
 from sigillo.gateway import queue
@@ -88,11 +89,14 @@ async def test_result_clears_crash_count_and_defers_with_backoff(
     from sigillo.store.models import Attempt
 
     now = queue.utcnow()
-    async with store.transaction() as session:
+
+    async def record(session: AsyncSession) -> bool:
         [job] = await queue.owned(session, claim)
-        assert queue.defer(
+        return queue.defer(
             session, job, SETTINGS, now, "451 try later", Attempt(at=now, outcome="deferred")
         )
+
+    assert await store.write(record)
     async with store.session() as session:
         job = (await session.execute(select(Job))).scalars().one()
     assert job.crashes == 0 and job.attempts == 1 and job.lease_owner is None

@@ -74,7 +74,9 @@ async def enqueue(
     now = now or utcnow()
     msg_id = msg_id or new_message_id()
     sealed = keyring.seal(msg_id, content)
-    async with store.transaction() as session:
+    digest = header_message_id(content)
+
+    async def store_message(session: AsyncSession) -> None:
         session.add(
             Message(
                 id=msg_id,
@@ -85,14 +87,15 @@ async def enqueue(
                 kek_id=sealed.kek_id,
                 wrapped_key=sealed.wrapped_key,
                 content=sealed.content,
-                message_id_hash=header_message_id(content),
+                message_id_hash=digest,
             )
         )
-        await session.flush()
         session.add_all(
             new_job(JobKind.DELIVER, r.address, r.domain, now, settings, message_id=msg_id)
             for r in recipients
         )
+
+    await store.write(store_message)
     return msg_id
 
 
@@ -150,7 +153,8 @@ async def claim(
     token = f"{worker}/{secrets.token_hex(6)}"
     until = now + settings.lease
     lease = {"lease_owner": token, "lease_until": until, "crashes": Job.crashes + 1}
-    async with store.transaction() as session:
+
+    async def lease_due(session: AsyncSession) -> list[Claim]:
         heads = (
             select(Job.id)
             .where(*_due(now))
@@ -181,7 +185,16 @@ async def claim(
             execution_options={"synchronize_session": False},
         )
         rows = (
-            (await session.execute(select(Job).where(Job.lease_owner == token).order_by(Job.id)))
+            (
+                await session.execute(
+                    select(Job)
+                    .where(Job.lease_owner == token)
+                    .order_by(Job.id)
+                    # Jobs created earlier in the same group commit are already in the
+                    # session; refresh them with the lease just written.
+                    .execution_options(populate_existing=True)
+                )
+            )
             .scalars()
             .all()
         )
@@ -204,10 +217,12 @@ async def claim(
                 else (job.kind, job.id)
             )
             claims.setdefault(key, Claim(token, job.kind, [], until)).jobs.append(job)
-    result = list(claims.values())
-    if held:
-        result.append(Claim(token, JobKind.DELIVER, [], until, held=held))
-    return result
+        result = list(claims.values())
+        if held:
+            result.append(Claim(token, JobKind.DELIVER, [], until, held=held))
+        return result
+
+    return await store.write(lease_due)
 
 
 def backoff(settings: DeliverySettings, attempts: int) -> timedelta:

@@ -144,7 +144,8 @@ class Worker:
         now = queue.utcnow()
         by_rcpt = {r.recipient: r for r in result.results}
         delivery = self.settings.delivery
-        async with self.store.transaction() as session:
+
+        async def record(session: AsyncSession) -> None:
             for job in await queue.owned(session, claim):
                 outcome = by_rcpt[job.recipient]
                 attempt = _attempt(now, outcome, result)
@@ -163,6 +164,8 @@ class Worker:
                 else:
                     queue.finish(session, job, JobState.BOUNCED, now, outcome.reason, attempt)
                     self._queue_dsn(session, job, message, now)
+
+        await self.store.write(record)
         log.info(
             "delivered",
             message=message.id,
@@ -198,15 +201,19 @@ class Worker:
         subject = None
         if self.settings.notify.include_subject:
             subject = await self._latest_subject(job.conversation_id)
-        async with self.store.transaction() as session:
+        conversation_id = job.conversation_id
+
+        async def store_token(session: AsyncSession) -> None:
             session.add(
                 PortalToken(
                     token_hash=digest,
-                    conversation_id=job.conversation_id,
+                    conversation_id=conversation_id,
                     recipient=job.recipient,
                     created_at=now,
                 )
             )
+
+        await self.store.write(store_token)
         link = f"{self.settings.portal.base_url}/c/{token}"
         sent = await send_notification(
             Notification(job.recipient, link, subject), self.settings, self.resolver, now
@@ -317,8 +324,11 @@ class Worker:
         self, claim: queue.Claim, attempt: Attempt, outcome: str, reason: str
     ) -> None:
         now = attempt.at
-        async with self.store.transaction() as session:
+        columns = {c.key: getattr(attempt, c.key) for c in Attempt.__table__.columns}
+
+        async def record(session: AsyncSession) -> None:
             for job in await queue.owned(session, claim):
+                attempt = Attempt(**columns)  # a fresh row per job (and per retry of the batch)
                 if outcome == "sent":
                     queue.finish(session, job, JobState.DELIVERED, now, reason, attempt)
                 elif outcome == "failed":
@@ -326,6 +336,8 @@ class Worker:
                 elif not queue.defer(session, job, self.settings.delivery, now, reason, attempt):
                     job.state, job.finished_at = JobState.FAILED, now
                     job.reason = f"queue lifetime expired; last error: {reason}"
+
+        await self.store.write(record)
 
 
 def _dsn_status(last: Attempt | None) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -16,6 +17,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+T = TypeVar("T")
 
 
 class StoreUnavailable(Exception):
@@ -65,30 +68,76 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class Store:
-    """Owns the engine; everything that touches the database gets a session from here."""
+Work = Callable[[AsyncSession], Awaitable[T]]
 
-    def __init__(self, url: str) -> None:
+
+class Store:
+    """Owns the engine. Reads use ``session()``; every write goes through ``write()``."""
+
+    def __init__(self, url: str, max_batch: int = 256) -> None:
         self.url = url
         self.engine = create_engine(url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite has one writer at a time; serialising writers in-process avoids busy retries.
-        self.write_lock = asyncio.Lock() if is_sqlite(self.engine) else None
+        self.max_batch = max_batch
+        self._pending: asyncio.Queue[tuple[Work[Any], asyncio.Future[Any]]] | None = None
+        self._committer: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session:
             yield session
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session whose work is committed on exit (rolled back on error)."""
-        if self.write_lock is not None:
-            async with self.write_lock, self.sessions() as session, session.begin():
-                yield session
-        else:
-            async with self.sessions() as session, session.begin():
-                yield session
+    async def write(self, work: Work[T]) -> T:
+        """Run ``work`` in a write transaction; return once it is committed.
+
+        Group commit: works submitted while a commit is in flight share the next one, so
+        one fsync and one round of ORM bookkeeping serve many messages. A work that raises
+        fails alone: its batch is rolled back and the others re-run one by one.
+        """
+        if self._pending is None:
+            self._pending = asyncio.Queue()
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_loop(self._pending))
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._pending.put((work, future))
+        return await future
+
+    async def _commit_loop(
+        self, pending: asyncio.Queue[tuple[Work[Any], asyncio.Future[Any]]]
+    ) -> None:
+        while True:
+            batch = [await pending.get()]
+            while len(batch) < self.max_batch and not pending.empty():
+                batch.append(pending.get_nowait())
+            live = [(w, f) for w, f in batch if not f.cancelled()]
+            if not live:
+                continue
+            try:
+                results = await self._run(live)
+            except Exception:
+                # Someone's work (or the commit) failed: give each its own transaction so
+                # one bad message cannot take the others' acknowledgements down with it.
+                for work, future in live:
+                    try:
+                        [result] = await self._run([(work, future)])
+                    except Exception as exc:
+                        if not future.done():
+                            future.set_exception(exc)
+                    else:
+                        if not future.done():
+                            future.set_result(result)
+                continue
+            for (_, future), result in zip(live, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def _run(self, batch: list[tuple[Work[Any], asyncio.Future[Any]]]) -> list[Any]:
+        async with self.sessions() as session, session.begin():
+            return [await work(session) for work, _ in batch]
 
     async def close(self) -> None:
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
         await self.engine.dispose()
