@@ -238,3 +238,19 @@ async def test_subject_in_notification_only_when_configured(
         [note] = await received(mx_peers, 1, lambda m: m.recipient == rcpt)
         assert SECRET_SUBJECT in str(note.message["Subject"])
         assert SECRET_BODY.encode() not in note.raw
+
+
+async def test_session_reused_for_the_next_message_to_the_same_mx(
+    gateway: Gateway, mx_peers: MxPeers
+) -> None:
+    first, second = addr("tls.test"), addr("tls.test")
+    one = await gateway.send("rossi@org.example", [first], mail([first]))
+    [job_one] = await gateway.settle(one)
+    two = await gateway.send("rossi@org.example", [second], mail([second]))
+    [job_two] = await gateway.settle(two)
+    [a1], [a2] = await gateway.attempts(job_one.id), await gateway.attempts(job_two.id)
+    assert "reused" not in a1.details["trail"][-1]
+    assert a2.details["trail"][-1]["reused"] == "yes"
+    assert a2.cert_verified and a2.tls_version == a1.tls_version
+    got = await received(mx_peers, 2, lambda m: m.recipient in (first, second))
+    assert {m.tls for m in got} == {a1.tls_version}

@@ -8,12 +8,14 @@ written to a socket only after STARTTLS succeeded at the domain's level (``encry
 from __future__ import annotations
 
 import enum
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
 from sigillo.config import DeliverySettings
+from sigillo.gateway.connections import ConnectionCache
 from sigillo.gateway.mx import MXResolver
 from sigillo.gateway.smtpclient import (
     Reply,
@@ -114,12 +116,37 @@ class Deliverer:
         self.settings = settings
         self.resolver = resolver
         self.helo = helo
+        self.connections = ConnectionCache()
+        self._contexts: dict[Level, ssl.SSLContext] = {}
 
     def timed_out(self, domain: str, recipients: Sequence[str], seconds: float) -> GroupResult:
         reason = f"delivery attempt exceeded {seconds:.0f}s; will retry"
         return GroupResult(
             policy_for(domain, self.settings), _all(recipients, Outcome.DEFERRED, reason, "4.4.7")
         )
+
+    async def _connect(self, mx_name: str, ip: str, level: Level) -> tuple[Session, TLSInfo]:
+        """A new session with TLS at ``level``; raises SessionError or TLSFailure."""
+        session = Session(ip, self.settings.mx_port, self.helo, self.settings)
+        await session.open()
+        try:
+            tls = await session.starttls(
+                mx_name, self._context(level), verification_label(level, self.settings)
+            )
+        except TLSFailure:
+            await session.quit()
+            raise
+        self.connections.opened(session)
+        return session, tls
+
+    def _context(self, level: Level) -> ssl.SSLContext:
+        # One context per level: loading the trust store per connection is expensive.
+        if level not in self._contexts:
+            self._contexts[level] = client_context(level, self.settings)
+        return self._contexts[level]
+
+    async def close(self) -> None:
+        await self.connections.close()
 
     async def probe(self, domain: str) -> GroupResult:
         """What a delivery to ``domain`` would do now, stopping before MAIL FROM."""
@@ -146,25 +173,22 @@ class Deliverer:
         for host in mx.hosts:
             for ip in host.addresses:
                 where = {"host": host.name, "ip": ip}
-                session = Session(ip, self.settings.mx_port, self.helo, self.settings)
-                try:
-                    await session.open()
-                except SessionError as exc:
-                    unreachable.append(f"{host.name}[{ip}]: {exc}")
-                    result.trail.append({**where, "result": "unreachable", "detail": str(exc)})
-                    continue
-                try:
-                    tls = await session.starttls(
-                        host.name,
-                        client_context(policy.level, self.settings),
-                        verification_label(policy.level, self.settings),
-                    )
-                except TLSFailure as exc:
-                    await session.quit()
-                    tls_failures.append(f"{host.name}[{ip}]: {exc}")
-                    result.trail.append({**where, "result": exc.kind, "detail": exc.detail})
-                    log.info("tls_failed", domain=domain, mx=host.name, ip=ip, why=str(exc))
-                    continue
+                key = (ip, self.settings.mx_port, host.name, policy.level)
+                session = await self.connections.take(key) if content is not None else None
+                if session is not None and session.tls is not None:
+                    tls, where["reused"] = session.tls, "yes"
+                else:
+                    try:
+                        session, tls = await self._connect(host.name, ip, policy.level)
+                    except SessionError as exc:
+                        unreachable.append(f"{host.name}[{ip}]: {exc}")
+                        result.trail.append({**where, "result": "unreachable", "detail": str(exc)})
+                        continue
+                    except TLSFailure as exc:
+                        tls_failures.append(f"{host.name}[{ip}]: {exc}")
+                        result.trail.append({**where, "result": exc.kind, "detail": exc.detail})
+                        log.info("tls_failed", domain=domain, mx=host.name, ip=ip, why=str(exc))
+                        continue
                 result.mx_host, result.mx_ip, result.tls = host.name, ip, tls
                 if content is None:
                     await session.quit()
@@ -176,13 +200,13 @@ class Deliverer:
                 except SessionError as exc:
                     # The connection broke after TLS was up; whether the peer took the message
                     # is unknown, so try again later rather than send a second copy elsewhere.
+                    session.close()
                     result.trail.append({**where, "result": "lost", "detail": str(exc)})
                     result.results = _all(
                         recipients, Outcome.DEFERRED, f"connection lost: {exc}", "4.4.2"
                     )
                     return result
-                finally:
-                    await session.quit()
+                await self.connections.give(key, session)
                 result.trail.append({**where, "result": "transaction", "detail": tls.version})
                 result.results = interpret(transaction, recipients, tls)
                 return result

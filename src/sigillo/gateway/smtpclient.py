@@ -160,6 +160,19 @@ class Session:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise SessionError(f"{exc.__class__.__name__}: {exc}") from None
 
+    @property
+    def connected(self) -> bool:
+        return bool(self.smtp.is_connected)
+
+    async def reset(self) -> bool:
+        """RSET before reusing a session: True when the server still answers 250."""
+        try:
+            response = await self.smtp.rset()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            self.close()
+            return False
+        return response.code == 250
+
     async def _rset(self) -> None:
         try:
             await self.smtp.rset()

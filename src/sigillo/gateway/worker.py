@@ -74,8 +74,10 @@ class Worker:
             await asyncio.wait(waiters, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
+            await self.deliverer.connections.expire()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.deliverer.close()
         log.info("worker_stopped", worker=self.name)
 
     async def poll_once(self) -> int:
