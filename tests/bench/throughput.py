@@ -386,7 +386,13 @@ def main() -> int:
         tls_level="verify",
         verify_match=SINK_MX,
     )
-    dns = DnsmasqPeer(workdir / "dns", mx={SINK_DOMAIN: [(10, SINK_MX)]}, hosts={SINK_MX: sink_ip})
+    # Real MX records carry TTLs of minutes to hours; dnsmasq's local records default to 0.
+    dns = DnsmasqPeer(
+        workdir / "dns",
+        mx={SINK_DOMAIN: [(10, SINK_MX)]},
+        hosts={SINK_MX: sink_ip},
+        extra_lines=["local-ttl=300"],
+    )
     sigillo: subprocess.Popen[bytes] | None = None
     report = Report(
         args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

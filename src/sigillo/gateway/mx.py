@@ -47,6 +47,8 @@ def make_resolver(settings: DNSSettings) -> dns.asyncresolver.Resolver:
         resolver.port = ports.pop()
     else:
         resolver = dns.asyncresolver.Resolver()
+    # Answers are kept for their TTL (a zero TTL is not cached), as a caching resolver would.
+    resolver.cache = dns.resolver.LRUCache(4096)
     resolver.lifetime = settings.timeout.total_seconds()
     resolver.timeout = min(resolver.lifetime, 5.0)
     return resolver

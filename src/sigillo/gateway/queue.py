@@ -162,42 +162,34 @@ async def claim(
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        await session.execute(
-            update(Job).where(Job.id.in_(heads.scalar_subquery())).values(**lease),
-            execution_options={"synchronize_session": False},
-        )
-        groups = (
-            select(Job.message_id, Job.domain)
-            .where(Job.lease_owner == token, Job.kind == JobKind.DELIVER)
-            .distinct()
-        )
-        siblings = (
-            select(Job.id)
-            .where(
-                *_due(now),
-                Job.kind == JobKind.DELIVER,
-                tuple_(Job.message_id, Job.domain).in_(groups),
-            )
-            .with_for_update(skip_locked=True)
-        )
-        await session.execute(
-            update(Job).where(Job.id.in_(siblings.scalar_subquery())).values(**lease),
-            execution_options={"synchronize_session": False},
-        )
-        rows = (
+        # RETURNING the rows themselves: no second look-up by lease token.
+        leased = update(Job).values(**lease).returning(Job)
+        options = {"synchronize_session": False, "populate_existing": True}
+        rows = list(
             (
                 await session.execute(
-                    select(Job)
-                    .where(Job.lease_owner == token)
-                    .order_by(Job.id)
-                    # Jobs created earlier in the same group commit are already in the
-                    # session; refresh them with the lease just written.
-                    .execution_options(populate_existing=True)
+                    leased.where(Job.id.in_(heads.scalar_subquery())), execution_options=options
                 )
             )
             .scalars()
             .all()
         )
+        groups = {(j.message_id, j.domain) for j in rows if j.kind is JobKind.DELIVER}
+        if groups:
+            siblings = (
+                select(Job.id)
+                .where(
+                    *_due(now),
+                    Job.kind == JobKind.DELIVER,
+                    tuple_(Job.message_id, Job.domain).in_(sorted(groups)),
+                )
+                .with_for_update(skip_locked=True)
+            )
+            more = await session.execute(
+                leased.where(Job.id.in_(siblings.scalar_subquery())), execution_options=options
+            )
+            rows.extend(more.scalars().all())
+        rows.sort(key=lambda job: job.id)
         held = [job for job in rows if job.crashes > settings.max_crashes]
         for job in held:
             job.state = JobState.HELD
@@ -249,6 +241,28 @@ async def owned(session: AsyncSession, claim: Claim) -> list[Job]:
         select(Job).where(and_(Job.id.in_(ids), Job.lease_owner == claim.token))
     )
     return list(rows.scalars().all())
+
+
+async def mark_delivered(
+    session: AsyncSession, claim: Claim, now: datetime, reason: str
+) -> list[int]:
+    """Mark the claim's jobs delivered; returns the ids it still owned (and so updated)."""
+    result = await session.execute(
+        update(Job)
+        .where(Job.id.in_([job.id for job in claim.jobs]), Job.lease_owner == claim.token)
+        .values(
+            state=JobState.DELIVERED,
+            finished_at=now,
+            reason=reason,
+            lease_owner=None,
+            lease_until=None,
+            crashes=0,
+            attempts=Job.attempts + 1,
+        )
+        .returning(Job.id),
+        execution_options={"synchronize_session": False},
+    )
+    return list(result.scalars().all())
 
 
 def finish(

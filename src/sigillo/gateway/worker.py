@@ -148,6 +148,15 @@ class Worker:
         delivery = self.settings.delivery
 
         async def record(session: AsyncSession) -> None:
+            if all(r.outcome is Outcome.TLS for r in result.results):
+                # The common case in one statement; the attempt rows join the group commit.
+                reason = result.results[0].reason
+                for job_id in await queue.mark_delivered(session, claim, now, reason):
+                    job = next(j for j in claim.jobs if j.id == job_id)
+                    attempt = _attempt(now, by_rcpt[job.recipient], result)
+                    attempt.job_id = job_id
+                    session.add(attempt)
+                return
             for job in await queue.owned(session, claim):
                 outcome = by_rcpt[job.recipient]
                 attempt = _attempt(now, outcome, result)
