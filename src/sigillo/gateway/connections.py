@@ -23,7 +23,6 @@ CacheKey = tuple[str, int, str, Level]
 class _Idle:
     session: Session
     since: float
-    opened: float
 
 
 class ConnectionCache:
@@ -33,10 +32,6 @@ class ConnectionCache:
         self.age_limit = age_limit
         """Seconds after which a session is not reused at all (Postfix: 300 s)."""
         self._idle: dict[CacheKey, list[_Idle]] = defaultdict(list)
-        self._opened: dict[int, float] = {}
-
-    def opened(self, session: Session) -> None:
-        self._opened[id(session)] = time.monotonic()
 
     async def take(self, key: CacheKey) -> Session | None:
         """An idle session for ``key`` that still answers, or None."""
@@ -44,45 +39,37 @@ class ConnectionCache:
         idle = self._idle.get(key)
         while idle:
             entry = idle.pop()
-            if now - entry.since > self.idle_limit or now - entry.opened > self.age_limit:
-                await self._discard(entry.session)
-                continue
-            if await entry.session.reset():
-                self._opened[id(entry.session)] = entry.opened
+            fresh = now - entry.session.opened_at <= self.age_limit
+            if fresh and now - entry.since <= self.idle_limit and await entry.session.reset():
                 return entry.session
-            await self._discard(entry.session)
+            entry.session.close()
         return None
 
     async def give(self, key: CacheKey, session: Session) -> None:
         """Keep a session after a completed transaction, or close it when it is too old."""
         now = time.monotonic()
-        opened = self._opened.pop(id(session), now)
-        if not session.connected or now - opened > self.age_limit:
+        if not session.connected or now - session.opened_at > self.age_limit:
             await session.quit()
             return
-        self._idle[key].append(_Idle(session, now, opened))
+        self._idle[key].append(_Idle(session, now))
         await self.expire(now)
 
     async def expire(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        for key, entries in list(self._idle.items()):
-            keep = []
-            for entry in entries:
-                if now - entry.since > self.idle_limit:
-                    await entry.session.quit()
-                else:
-                    keep.append(entry)
-            if keep:
-                self._idle[key] = keep
-            else:
+        # Unlink every expired entry before the first await: a concurrent take() must never
+        # see a list that is about to be replaced, or it could hand out a session twice.
+        expired: list[Session] = []
+        for key in list(self._idle):
+            entries = self._idle[key]
+            expired += [e.session for e in entries if now - e.since > self.idle_limit]
+            entries[:] = [e for e in entries if now - e.since <= self.idle_limit]
+            if not entries:
                 del self._idle[key]
+        for session in expired:
+            await session.quit()
 
     async def close(self) -> None:
-        for entries in self._idle.values():
-            for entry in entries:
-                await entry.session.quit()
+        sessions = [entry.session for entries in self._idle.values() for entry in entries]
         self._idle.clear()
-
-    async def _discard(self, session: Session) -> None:
-        self._opened.pop(id(session), None)
-        session.close()
+        for session in sessions:
+            await session.quit()

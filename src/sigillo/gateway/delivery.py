@@ -79,7 +79,9 @@ def _status(reply: Reply, default: str) -> str:
 def _from_reply(recipient: str, reply: Reply, tls_reason: str) -> RecipientResult:
     if 200 <= reply.code < 300:
         return RecipientResult(recipient, Outcome.TLS, tls_reason, "2.0.0", reply)
-    if 400 <= reply.code < 500:
+    # 503 "bad sequence of commands" blames our side of the dialogue, not the recipient:
+    # retry rather than return the message to its sender.
+    if 400 <= reply.code < 500 or reply.code == 503:
         return RecipientResult(
             recipient,
             Outcome.DEFERRED,
@@ -136,7 +138,6 @@ class Deliverer:
         except TLSFailure:
             await session.quit()
             raise
-        self.connections.opened(session)
         return session, tls
 
     def _context(self, level: Level) -> ssl.SSLContext:

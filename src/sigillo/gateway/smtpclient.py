@@ -7,6 +7,7 @@ Both content delivery and notifications use it; what TLS they demand is decided 
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,6 +79,7 @@ class Session:
         self.ip = ip
         self.connect_timeout = settings.connect_timeout.total_seconds()
         self.tls: TLSInfo | None = None
+        self.opened_at = time.monotonic()
 
     async def open(self) -> None:
         try:
