@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from sigillo.config import DeliverySettings
 from sigillo.gateway import queue
@@ -90,8 +90,8 @@ async def test_result_clears_crash_count_and_defers_with_backoff(
 
     now = queue.utcnow()
 
-    async def record(session: AsyncSession) -> bool:
-        [job] = await queue.owned(session, claim)
+    def record(session: Session) -> bool:
+        [job] = queue.owned(session, claim)
         return queue.defer(
             session, job, SETTINGS, now, "451 try later", Attempt(at=now, outcome="deferred")
         )

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from sigillo.store.db import Store
 from sigillo.store.models import Conversation
@@ -26,7 +26,7 @@ async def _count(store: Store) -> int:
 
 async def test_concurrent_writes_all_commit(store: Store) -> None:
     async def add(i: int) -> int:
-        async def work(session: AsyncSession) -> int:
+        def work(session: Session) -> int:
             session.add(_conversation(f"r{i}@x.example"))
             return i
 
@@ -38,13 +38,13 @@ async def test_concurrent_writes_all_commit(store: Store) -> None:
 
 
 async def test_a_failing_write_fails_alone(store: Store) -> None:
-    async def good(session: AsyncSession) -> str:
+    def good(session: Session) -> str:
         session.add(_conversation("ok@x.example"))
         return "ok"
 
-    async def bad(session: AsyncSession) -> str:
+    def bad(session: Session) -> str:
         session.add(_conversation("bad@x.example"))
-        await session.flush()
+        session.flush()
         raise RuntimeError("this write is refused")
 
     outcomes = await asyncio.gather(
@@ -58,9 +58,9 @@ async def test_a_failing_write_fails_alone(store: Store) -> None:
 
 
 async def test_database_error_reaches_the_writer(store: Store) -> None:
-    async def broken(session: AsyncSession) -> None:
+    def broken(session: Session) -> None:
         session.add(_conversation("lost@x.example"))
-        await session.execute(select(func.no_such_function()))
+        session.execute(select(func.no_such_function()))
 
     with pytest.raises(Exception):  # noqa: B017 - each backend raises its own type
         await store.write(broken)

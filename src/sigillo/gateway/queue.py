@@ -17,6 +17,7 @@ from email.policy import compat32
 
 from sqlalchemy import and_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from sigillo.config import DeliverySettings
@@ -76,7 +77,7 @@ async def enqueue(
     sealed = keyring.seal(msg_id, content)
     digest = header_message_id(content)
 
-    async def store_message(session: AsyncSession) -> None:
+    def store_message(session: Session) -> None:
         session.add(
             Message(
                 id=msg_id,
@@ -154,7 +155,7 @@ async def claim(
     until = now + settings.lease
     lease = {"lease_owner": token, "lease_until": until, "crashes": Job.crashes + 1}
 
-    async def lease_due(session: AsyncSession) -> list[Claim]:
+    def lease_due(session: Session) -> list[Claim]:
         heads = (
             select(Job.id)
             .where(*_due(now))
@@ -167,7 +168,7 @@ async def claim(
         options = {"synchronize_session": False, "populate_existing": True}
         rows = list(
             (
-                await session.execute(
+                session.execute(
                     leased.where(Job.id.in_(heads.scalar_subquery())), execution_options=options
                 )
             )
@@ -185,7 +186,7 @@ async def claim(
                 )
                 .with_for_update(skip_locked=True)
             )
-            more = await session.execute(
+            more = session.execute(
                 leased.where(Job.id.in_(siblings.scalar_subquery())), execution_options=options
             )
             rows.extend(more.scalars().all())
@@ -234,20 +235,16 @@ def open_content(keyring: Keyring, message: Message) -> bytes:
     return keyring.open(message.id, message.kek_id, message.wrapped_key, message.content)
 
 
-async def owned(session: AsyncSession, claim: Claim) -> list[Job]:
+def owned(session: Session, claim: Claim) -> list[Job]:
     """The claim's jobs, re-read in this session, that the claim still owns."""
     ids = [job.id for job in claim.jobs]
-    rows = await session.execute(
-        select(Job).where(and_(Job.id.in_(ids), Job.lease_owner == claim.token))
-    )
+    rows = session.execute(select(Job).where(and_(Job.id.in_(ids), Job.lease_owner == claim.token)))
     return list(rows.scalars().all())
 
 
-async def mark_delivered(
-    session: AsyncSession, claim: Claim, now: datetime, reason: str
-) -> list[int]:
+def mark_delivered(session: Session, claim: Claim, now: datetime, reason: str) -> list[int]:
     """Mark the claim's jobs delivered; returns the ids it still owned (and so updated)."""
-    result = await session.execute(
+    result = session.execute(
         update(Job)
         .where(Job.id.in_([job.id for job in claim.jobs]), Job.lease_owner == claim.token)
         .values(
@@ -266,7 +263,7 @@ async def mark_delivered(
 
 
 def finish(
-    session: AsyncSession,
+    session: Session,
     job: Job,
     state: JobState,
     now: datetime,
@@ -286,7 +283,7 @@ def finish(
 
 
 def defer(
-    session: AsyncSession,
+    session: Session,
     job: Job,
     settings: DeliverySettings,
     now: datetime,

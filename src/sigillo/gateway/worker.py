@@ -17,7 +17,7 @@ from email.policy import default
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from sigillo.config import Settings
 from sigillo.gateway import queue
@@ -147,25 +147,23 @@ class Worker:
         by_rcpt = {r.recipient: r for r in result.results}
         delivery = self.settings.delivery
 
-        async def record(session: AsyncSession) -> None:
+        def record(session: Session) -> None:
             if all(r.outcome is Outcome.TLS for r in result.results):
                 # The common case in one statement; the attempt rows join the group commit.
                 reason = result.results[0].reason
-                for job_id in await queue.mark_delivered(session, claim, now, reason):
+                for job_id in queue.mark_delivered(session, claim, now, reason):
                     job = next(j for j in claim.jobs if j.id == job_id)
                     attempt = _attempt(now, by_rcpt[job.recipient], result)
                     attempt.job_id = job_id
                     session.add(attempt)
                 return
-            for job in await queue.owned(session, claim):
+            for job in queue.owned(session, claim):
                 outcome = by_rcpt[job.recipient]
                 attempt = _attempt(now, outcome, result)
                 if outcome.outcome is Outcome.TLS:
                     queue.finish(session, job, JobState.DELIVERED, now, outcome.reason, attempt)
                 elif outcome.outcome is Outcome.PORTAL:
-                    await hand_off(
-                        session, delivery, message.id, job.recipient, job.domain, content, now
-                    )
+                    hand_off(session, delivery, message.id, job.recipient, job.domain, content, now)
                     queue.finish(session, job, JobState.PORTAL, now, outcome.reason, attempt)
                 elif outcome.outcome is Outcome.DEFERRED:
                     if not queue.defer(session, job, delivery, now, outcome.reason, attempt):
@@ -186,7 +184,7 @@ class Worker:
             tls=result.tls.version if result.tls else None,
         )
 
-    def _queue_dsn(self, session: AsyncSession, job: Job, message: Message, now: datetime) -> None:
+    def _queue_dsn(self, session: Session, job: Job, message: Message, now: datetime) -> None:
         if not message.mail_from:
             return  # never bounce a bounce (RFC 5321 4.5.5)
         domain = message.mail_from.rpartition("@")[2].lower()
@@ -214,7 +212,7 @@ class Worker:
             subject = await self._latest_subject(job.conversation_id)
         conversation_id = job.conversation_id
 
-        async def store_token(session: AsyncSession) -> None:
+        def store_token(session: Session) -> None:
             session.add(
                 PortalToken(
                     token_hash=digest,
@@ -337,8 +335,8 @@ class Worker:
         now = attempt.at
         columns = {c.key: getattr(attempt, c.key) for c in Attempt.__table__.columns}
 
-        async def record(session: AsyncSession) -> None:
-            for job in await queue.owned(session, claim):
+        def record(session: Session) -> None:
+            for job in queue.owned(session, claim):
                 attempt = Attempt(**columns)  # a fresh row per job (and per retry of the batch)
                 if outcome == "sent":
                     queue.finish(session, job, JobState.DELIVERED, now, reason, attempt)

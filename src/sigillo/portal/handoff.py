@@ -12,7 +12,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from sigillo.config import DeliverySettings
 from sigillo.gateway.queue import message_id_hash, new_job
@@ -36,13 +36,11 @@ def referenced_hashes(content: bytes) -> list[str]:
     return [h for h in hashes if h]
 
 
-async def find_conversation(
-    session: AsyncSession, recipient: str, content: bytes
-) -> Conversation | None:
+def find_conversation(session: Session, recipient: str, content: bytes) -> Conversation | None:
     hashes = referenced_hashes(content)
     if not hashes:
         return None
-    row = await session.execute(
+    row = session.execute(
         select(Conversation)
         .join(ConversationMessage, ConversationMessage.conversation_id == Conversation.id)
         .join(Message, Message.id == ConversationMessage.message_id)
@@ -53,8 +51,8 @@ async def find_conversation(
     return row.scalars().first()
 
 
-async def hand_off(
-    session: AsyncSession,
+def hand_off(
+    session: Session,
     settings: DeliverySettings,
     message_id: str,
     recipient: str,
@@ -65,11 +63,11 @@ async def hand_off(
     """Put the copy in the recipient's conversation and queue a notification (same transaction
     as the delivery job's result, so a crash leaves either both or neither)."""
     address = recipient.lower()
-    conversation = await find_conversation(session, address, content)
+    conversation = find_conversation(session, address, content)
     if conversation is None:
         conversation = Conversation(recipient=address, created_at=now, last_message_at=now)
         session.add(conversation)
-        await session.flush()
+        session.flush()
     conversation.last_message_at = now
     session.add(
         ConversationMessage(

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 T = TypeVar("T")
 
@@ -68,7 +71,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-Work = Callable[[AsyncSession], Awaitable[T]]
+Work = Callable[[Session], T]
+"""A unit of writing: plain synchronous ORM code, run inside a group commit."""
+
+
+def _run_works(engine: Engine, works: list[Work[Any]]) -> list[Any]:
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        return [work(session) for work in works]
 
 
 class Store:
@@ -79,6 +88,16 @@ class Store:
         self.engine = create_engine(url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self.max_batch = max_batch
+        # SQLite writes run in one thread on a synchronous connection: a batch then costs one
+        # hand-off between threads instead of one per statement, and the event loop does no
+        # ORM work for it. PostgreSQL writes use asyncpg on the event loop.
+        self._sync_engine: Engine | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sigillo-commit")
+        if is_sqlite(self.engine):
+            self._sync_engine = sa_create_engine(
+                self.engine.url.set(drivername="sqlite"), connect_args={"timeout": 30}
+            )
+            event.listen(self._sync_engine, "connect", _sqlite_pragmas)
         self._pending: asyncio.Queue[tuple[Work[Any], asyncio.Future[Any]]] | None = None
         self._committer: asyncio.Task[None] | None = None
 
@@ -132,12 +151,19 @@ class Store:
                     future.set_result(result)
 
     async def _run(self, batch: list[tuple[Work[Any], asyncio.Future[Any]]]) -> list[Any]:
+        works = [work for work, _ in batch]
+        if self._sync_engine is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._thread, _run_works, self._sync_engine, works)
         async with self.sessions() as session, session.begin():
-            return [await work(session) for work, _ in batch]
+            return await session.run_sync(lambda sync: [work(sync) for work in works])
 
     async def close(self) -> None:
         if self._committer is not None:
             self._committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
+        self._thread.shutdown(wait=True)
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
         await self.engine.dispose()
