@@ -132,6 +132,8 @@ class Claim:
     jobs: list[Job]
     lease_until: datetime
     held: list[Job] = field(default_factory=list)
+    message: Message | None = None
+    """The (still encrypted) message a DELIVER group carries, read in the claim's transaction."""
 
 
 def _due(now: datetime) -> list[ColumnElement[bool]]:
@@ -211,6 +213,13 @@ async def claim(
             )
             claims.setdefault(key, Claim(token, job.kind, [], until)).jobs.append(job)
         result = list(claims.values())
+        wanted = {c.jobs[0].message_id for c in result if c.kind is JobKind.DELIVER}
+        if wanted:
+            messages = session.execute(select(Message).where(Message.id.in_(wanted)))
+            by_id = {m.id: m for m in messages.scalars()}
+            for c in result:
+                if c.kind is JobKind.DELIVER:
+                    c.message = by_id.get(c.jobs[0].message_id or "")
         if held:
             result.append(Claim(token, JobKind.DELIVER, [], until, held=held))
         return result

@@ -123,10 +123,9 @@ class Worker:
 
     async def deliver(self, claim: queue.Claim) -> None:
         first = claim.jobs[0]
-        if first.message_id is None:
-            raise LookupError(f"deliver job {first.id} has no message")
-        async with self.store.session() as session:
-            message = await queue.load_message(session, first.message_id)
+        message = claim.message
+        if message is None:
+            raise LookupError(f"message {first.message_id} of job {first.id} not found")
         content = queue.open_content(self.keyring, message)
         recipients = [job.recipient for job in claim.jobs]
         # Finish well inside the lease, or another worker could start a second copy.
