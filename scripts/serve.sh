@@ -9,6 +9,11 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
+if [ ! -x "$repo/.venv/bin/python" ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    echo "==> installing python3-venv" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv </dev/null >/dev/null
+fi
 if [ ! -x "$repo/.venv/bin/sigillo" ]; then
     [ -x "$repo/.venv/bin/python" ] || python3 -m venv "$repo/.venv"
     "$repo/.venv/bin/pip" install -q -e "$repo"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -268,6 +269,8 @@ def probe(domain: str, config: ConfigOption = None, json_: JsonOption = False) -
 
 
 def main() -> None:
+    # Everything sigillo writes (database, WAL, keys) holds personal data: private by default.
+    os.umask(0o077)
     logs.configure()
     try:
         app()

@@ -171,6 +171,9 @@ def test_serve_on_embedded_defaults(tmp_path: Path) -> None:
     assert (tmp_path / "var" / "sigillo.db").is_file()
     keys = tmp_path / "var" / "sigillo.keys"
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
+    for db_file in (tmp_path / "var").glob("sigillo.db*"):
+        assert stat.S_IMODE(db_file.stat().st_mode) == 0o600, db_file
     for line in err.decode().splitlines():
         if line.startswith("{"):
             json.loads(line)  # structured logs are JSON lines
