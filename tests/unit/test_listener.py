@@ -179,7 +179,10 @@ async def test_arbitrary_data_gets_a_clear_reply(gateway: Gateway, data: bytes) 
             c.putcmd("data")
             c.getreply()
             # Dot-stuff so the fuzzed bytes cannot end DATA early, then terminate properly.
-            c.send(data.replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n")
+            stuffed = data.replace(b"\r\n.", b"\r\n..")
+            if stuffed.startswith(b"."):
+                stuffed = b"." + stuffed
+            c.send(stuffed + b"\r\n.\r\n")
             return c.getreply()
 
     code, _ = await asyncio.to_thread(go)
