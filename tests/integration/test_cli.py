@@ -177,3 +177,26 @@ def test_serve_on_embedded_defaults(tmp_path: Path) -> None:
     for line in err.decode().splitlines():
         if line.startswith("{"):
             json.loads(line)  # structured logs are JSON lines
+
+
+def test_serve_refuses_cleanly_when_it_cannot_start(tmp_path: Path) -> None:
+    down = sigillo(
+        "serve",
+        cwd=tmp_path,
+        env={"SIGILLO_STORAGE__DATABASE_URL": "postgresql://sigillo@127.0.0.1:1/none"},
+    )
+    assert down.returncode == 1 and "database unavailable" in down.stderr
+    assert "Traceback" not in down.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = sigillo(
+            "serve",
+            "--role",
+            "smtp",
+            cwd=tmp_path,
+            env={"SIGILLO_SMTP__LISTEN": f"127.0.0.1:{port}"},
+        )
+    assert taken.returncode == 1 and "address already in use" in taken.stderr.lower()
+    assert "Traceback" not in taken.stderr
