@@ -1,8 +1,9 @@
 """The durable queue: accepting messages, claiming jobs under a lease, recording results.
 
-Every state change is one transaction. A job is owned by a worker only while its lease runs;
-a worker that dies leaves the lease to expire and another worker (or the restarted one)
-claims the job again. A job whose claims keep ending without a result is set aside (HELD).
+Every state change is atomic (several may share one group commit, see ``Store.write``). A job
+is owned by a worker only while its lease runs; a worker that dies leaves the lease to expire
+and another worker (or the restarted one) claims the job again. A job whose claims keep
+ending without a result is set aside (HELD).
 """
 
 from __future__ import annotations
@@ -149,8 +150,9 @@ async def claim(
 ) -> list[Claim]:
     """Lease up to ``limit`` groups of due jobs to ``worker``.
 
-    Each claim is a single UPDATE over a ``FOR UPDATE SKIP LOCKED`` sub-select, so it is
-    atomic on SQLite and lets workers on one PostgreSQL store pass each other without waiting.
+    Heads, then the rest of their (message, domain) groups, are leased by ``UPDATE ...
+    RETURNING`` over ``FOR UPDATE SKIP LOCKED`` sub-selects: atomic on SQLite, and workers on
+    one PostgreSQL store pass each other without waiting.
     """
     now = now or utcnow()
     token = f"{worker}/{secrets.token_hex(6)}"
