@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 _NONCE = 12
 _KEY_FILE_VERSION = 1
@@ -106,6 +108,13 @@ class Keyring:
             return AESGCM(data_key).decrypt(content[:_NONCE], content[_NONCE:], aad)
         except InvalidTag:
             raise KeyringError(f"content of message {message_id} fails authentication") from None
+
+    def derive(self, purpose: str) -> bytes:
+        """A 256-bit secret for ``purpose`` (e.g. signing portal form tokens), the same in every
+        process that shares the key file. It follows the active key: rotating the KEK also
+        renews every derived secret."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode())
+        return hkdf.derive(self._keys[self.active])
 
     def _wrap(self, kek_id: str, message_id: str, data_key: bytes) -> bytes:
         nonce = os.urandom(_NONCE)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Enum,
     ForeignKey,
@@ -58,6 +59,11 @@ class JobKind(enum.StrEnum):
     """A content-free portal notification: opportunistic TLS allowed."""
     DSN = "dsn"
     """A delivery status notification to the internal sender, through the relay."""
+    RELAY = "relay"
+    """A reply written in the portal, to the staff member, through the relay."""
+    MAIL = "mail"
+    """Mail to a portal user about their account (reset link, password changed), or the copy
+    of a reply they asked for: opportunistic TLS, like a notification."""
 
 
 class JobState(enum.StrEnum):
@@ -188,3 +194,71 @@ class PortalToken(Base):
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
     recipient: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime]
+
+
+class Account(Base):
+    """A portal user: one external address and the password that opens its conversations."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    """Lower-cased; the account reaches only conversations whose recipient is this address."""
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    password_changed_at: Mapped[datetime]
+
+
+class PortalSession(Base):
+    """A signed-in browser. Only the SHA-256 of the cookie value is stored."""
+
+    __tablename__ = "portal_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    client_address: Mapped[str] = mapped_column(String(64))
+
+
+class PasswordReset(Base):
+    """A single-use reset link. Only the SHA-256 of the token is stored."""
+
+    __tablename__ = "password_resets"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LoginThrottle(Base):
+    """Recent sign-in failures of one address (``account:``) or one client (``client:``).
+
+    Keyed by the address typed, whether or not an account exists, so a lockout tells
+    nothing about who has an account."""
+
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure_at: Mapped[datetime]
+    locked_until: Mapped[datetime | None]
+
+
+class AuditEvent(Base):
+    """Who did what to which personal data, when and from where. Never content, never
+    passwords."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(320))
+    """The address or staff account acting; ``-`` when unknown."""
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    conversation_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    message_id: Mapped[str | None] = mapped_column(String(32))
+    details: Mapped[dict[str, object] | None] = mapped_column(JSON)
