@@ -57,8 +57,10 @@ class Notification:
         msg["Date"] = format_datetime(now)
         msg["Message-ID"] = make_msgid(domain=hostname)
         msg["Auto-Submitted"] = "auto-generated"
-        # Whitespace collapsed: a subject from the network must not fold into a new header.
-        subject = " ".join((self.subject or "").split())[:200]
+        # Whitespace collapsed: a subject from the network must not fold into a new header;
+        # "=?" broken up: an encoded word decoding to CR LF would write one on Python before
+        # 3.11.10 (CVE-2024-6923).
+        subject = " ".join((self.subject or "").split())[:200].replace("=?", "= ?")
         msg["Subject"] = f"Secure message: {subject}" if subject else "You have a secure message"
         msg.set_content(
             "You have received a secure message. For your protection it was not sent by\n"
@@ -90,8 +92,19 @@ class SendResult:
 async def send_notification(
     notification: Notification, settings: Settings, resolver: MXResolver, now: datetime
 ) -> SendResult:
-    domain = notification.recipient.rpartition("@")[2].lower()
     data = notification.render(settings.notify.from_, settings.smtp.hostname, now)
+    return await send_opportunistic(notification.recipient, data, settings, resolver)
+
+
+async def send_opportunistic(
+    recipient: str, data: bytes, settings: Settings, resolver: MXResolver
+) -> SendResult:
+    """Send to the recipient's MX with TLS when offered, plaintext otherwise.
+
+    Only for mail that carries no message content: notifications, account mail (a reset link,
+    "your password was changed"), and the copy of a portal reply its author asked for after
+    being warned that it travels as ordinary email."""
+    domain = recipient.rpartition("@")[2].lower()
     mx = await resolver.lookup(domain)
     if mx.status == "permanent":
         return SendResult("failed", mx.reason)
@@ -110,9 +123,7 @@ async def send_notification(
                     if use_tls and session.offers_starttls:
                         tls = await session.starttls(host.name, opportunistic_context(), "none")
                         version = tls.version
-                    result = await session.transaction(
-                        settings.notify.from_, [notification.recipient], data
-                    )
+                    result = await session.transaction(settings.notify.from_, [recipient], data)
                 except TLSFailure as exc:
                     # Content-free, so a failed handshake may fall back to plaintext.
                     problems.append(f"{host.name}[{ip}]: {exc}")
@@ -122,7 +133,7 @@ async def send_notification(
                     break
                 finally:
                     await session.quit()
-                reply = result.data or result.rcpt.get(notification.recipient) or result.mail
+                reply = result.data or result.rcpt.get(recipient) or result.mail
                 where = {"mx_host": host.name, "mx_ip": ip, "tls_version": version}
                 if 200 <= reply.code < 300:
                     return SendResult("sent", "notification sent", reply, **where)

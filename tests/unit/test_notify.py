@@ -38,6 +38,15 @@ def test_subject_only_when_configured_and_never_injects_headers() -> None:
     assert "Results" in msg["Subject"]
 
 
+def test_an_encoded_word_in_the_subject_cannot_write_a_header() -> None:
+    subject = "=?utf-8?q?Results=0D=0ABcc:_evil@x.example?="
+    raw = Notification("anna@x.example", "https://p/c/T", subject).render(
+        "secure@org.example", "gw.org.example", NOW
+    )
+    assert b"\r\nBcc:" not in raw
+    assert message_from_bytes(raw, policy=default)["Bcc"] is None
+
+
 @pytest.mark.parametrize("_", range(3))
 def test_tokens_are_long_random_and_stored_hashed(_: int) -> None:
     token, digest = new_token()

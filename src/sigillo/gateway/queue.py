@@ -74,24 +74,18 @@ async def enqueue(
     Returns only after the commit, so the caller may answer 250.
     """
     now = now or utcnow()
-    msg_id = msg_id or new_message_id()
-    sealed = keyring.seal(msg_id, content)
-    digest = header_message_id(content)
+    message = new_message(
+        keyring,
+        mail_from=mail_from,
+        content=content,
+        client_address=client_address,
+        now=now,
+        msg_id=msg_id,
+    )
+    msg_id = message.id
 
     def store_message(session: Session) -> None:
-        session.add(
-            Message(
-                id=msg_id,
-                received_at=now,
-                mail_from=mail_from,
-                client_address=client_address,
-                size=len(content),
-                kek_id=sealed.kek_id,
-                wrapped_key=sealed.wrapped_key,
-                content=sealed.content,
-                message_id_hash=digest,
-            )
-        )
+        session.add(message)
         session.add_all(
             new_job(JobKind.DELIVER, r.address, r.domain, now, settings, message_id=msg_id)
             for r in recipients
@@ -99,6 +93,31 @@ async def enqueue(
 
     await store.write(store_message)
     return msg_id
+
+
+def new_message(
+    keyring: Keyring,
+    *,
+    mail_from: str,
+    content: bytes,
+    client_address: str,
+    now: datetime,
+    msg_id: str | None = None,
+) -> Message:
+    """A message row with its content sealed, ready to add to a transaction."""
+    msg_id = msg_id or new_message_id()
+    sealed = keyring.seal(msg_id, content)
+    return Message(
+        id=msg_id,
+        received_at=now,
+        mail_from=mail_from,
+        client_address=client_address,
+        size=len(content),
+        kek_id=sealed.kek_id,
+        wrapped_key=sealed.wrapped_key,
+        content=sealed.content,
+        message_id_hash=header_message_id(content),
+    )
 
 
 def new_job(
@@ -143,6 +162,10 @@ def _due(now: datetime) -> list[ColumnElement[bool]]:
         Job.next_attempt_at <= now,
         or_(Job.lease_until.is_(None), Job.lease_until < now),
     ]
+
+
+_SENDS_CONTENT = frozenset({JobKind.DELIVER, JobKind.RELAY, JobKind.MAIL})
+"""Kinds whose claim carries the stored message they send."""
 
 
 async def claim(
@@ -215,12 +238,12 @@ async def claim(
             )
             claims.setdefault(key, Claim(token, job.kind, [], until)).jobs.append(job)
         result = list(claims.values())
-        wanted = {c.jobs[0].message_id for c in result if c.kind is JobKind.DELIVER}
+        wanted = {c.jobs[0].message_id for c in result if c.kind in _SENDS_CONTENT}
         if wanted:
             messages = session.execute(select(Message).where(Message.id.in_(wanted)))
             by_id = {m.id: m for m in messages.scalars()}
             for c in result:
-                if c.kind is JobKind.DELIVER:
+                if c.kind in _SENDS_CONTENT:
                     c.message = by_id.get(c.jobs[0].message_id or "")
         if held:
             result.append(Claim(token, JobKind.DELIVER, [], until, held=held))

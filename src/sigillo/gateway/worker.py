@@ -26,7 +26,7 @@ from sigillo.gateway.dsn import FailedRecipient, build_dsn, dsn_bytes
 from sigillo.gateway.mx import MXResolver
 from sigillo.gateway.relay import send_to_relay
 from sigillo.gateway.smtpclient import SessionError
-from sigillo.notify import Notification, new_token, send_notification
+from sigillo.notify import Notification, new_token, send_notification, send_opportunistic
 from sigillo.portal.handoff import hand_off
 from sigillo.store.crypto import Keyring
 from sigillo.store.db import Store
@@ -113,8 +113,12 @@ class Worker:
                 await self.deliver(claim)
             elif claim.kind is JobKind.NOTIFY:
                 await self.notify(claim)
-            else:
+            elif claim.kind is JobKind.DSN:
                 await self.send_dsn(claim)
+            elif claim.kind is JobKind.RELAY:
+                await self.relay(claim)
+            else:
+                await self.send_mail(claim)
         except Exception:
             # The lease will lapse and the job comes back; repeated crashes set it aside.
             log.exception("job_crashed", jobs=[j.id for j in claim.jobs])
@@ -306,8 +310,42 @@ class Worker:
                 claim, Attempt(at=now, outcome="failed", reason=reason), "failed", reason
             )
             return
+        await self._via_relay(claim, "", dsn_bytes(dsn), now)
+
+    # -- portal replies and account mail ------------------------------------------------
+
+    async def relay(self, claim: queue.Claim) -> None:
+        """A reply written in the portal goes to the staff member through the relay."""
+        if claim.message is None:
+            raise LookupError(f"relay job {claim.jobs[0].id} has no message")
+        content = queue.open_content(self.keyring, claim.message)
+        await self._via_relay(claim, self.settings.notify.from_, content, queue.utcnow())
+
+    async def send_mail(self, claim: queue.Claim) -> None:
+        job = claim.jobs[0]
+        if claim.message is None:
+            raise LookupError(f"mail job {job.id} has no message")
+        content = queue.open_content(self.keyring, claim.message)
+        now = queue.utcnow()
+        sent = await send_opportunistic(job.recipient, content, self.settings, self.resolver)
+        attempt = Attempt(
+            at=now,
+            outcome=sent.outcome,
+            reason=sent.reason,
+            mx_host=sent.mx_host,
+            mx_ip=sent.mx_ip,
+            tls_version=sent.tls_version,
+            smtp_code=sent.reply.code if sent.reply else None,
+            smtp_reply=sent.reply.line if sent.reply else None,
+        )
+        await self._record_simple(claim, attempt, sent.outcome, sent.reason)
+
+    async def _via_relay(
+        self, claim: queue.Claim, mail_from: str, data: bytes, now: datetime
+    ) -> None:
+        recipients = [job.recipient for job in claim.jobs]
         try:
-            reply = await send_to_relay(self.settings, "", [job.recipient], dsn_bytes(dsn))
+            reply = await send_to_relay(self.settings, mail_from, recipients, data)
         except SessionError as exc:
             attempt = Attempt(at=now, outcome="deferred", reason=f"relay: {exc}")
             await self._record_simple(claim, attempt, "deferred", f"relay: {exc}")
