@@ -184,6 +184,21 @@ class PortalSettings(_Section):
     listen: str = "127.0.0.1:8080"
     base_url: str = "http://127.0.0.1:8080"
     message_ttl_days: int = Field(default=90, ge=1)
+    """A conversation closes this many days after its last message."""
+    max_upload_size: Size = 25 * 1024**2
+    """The whole of one reply: text and attachments."""
+    contact: str = ""
+    """Whom an expired conversation's page tells the recipient to contact; empty names the
+    sender of its last message."""
+    default_language: Literal["en", "it"] = "en"
+    """Used when neither the language switch nor the browser's Accept-Language decides."""
+    trusted_proxies: list[str] = []
+    """Addresses of reverse proxies whose X-Forwarded-For gives the client address that
+    sign-in throttling and the audit log see. Empty: the TCP peer is the client."""
+
+    @property
+    def https(self) -> bool:
+        return self.base_url.startswith("https://")
 
     @property
     def listen_address(self) -> tuple[str, int]:

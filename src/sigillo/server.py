@@ -24,7 +24,7 @@ log = structlog.get_logger("sigillo.server")
 ROLES = ("smtp", "worker", "portal")
 
 
-class _EmbeddedUvicorn(uvicorn.Server):
+class EmbeddedUvicorn(uvicorn.Server):
     """uvicorn inside our loop: signals belong to ``serve``, which stops every role."""
 
     @contextmanager
@@ -65,15 +65,23 @@ async def serve(settings: Settings, roles: Iterable[str]) -> None:
     portal = None
     if "portal" in roles:
         host, port = settings.portal.listen_address
+        proxies = settings.portal.trusted_proxies
+        app = create_app(
+            settings, store, keyring, on_queued=worker.notify_queued if worker else None
+        )
         config = uvicorn.Config(
-            create_app(settings, store),
+            app,
             host=host,
             port=port,
             log_config=None,
             access_log=False,
             lifespan="off",
+            # X-Forwarded-For is believed only from configured proxies: a client that could
+            # name its own address would escape sign-in throttling and mislead the audit log.
+            proxy_headers=bool(proxies),
+            forwarded_allow_ips=",".join(proxies) or None,
         )
-        portal = _EmbeddedUvicorn(config)
+        portal = EmbeddedUvicorn(config)
         tasks.append(asyncio.create_task(portal.serve()))
         log.info("portal_listening", address=f"{host}:{port}")
     log.info("serving", roles=sorted(roles))

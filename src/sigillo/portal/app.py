@@ -1,54 +1,149 @@
-"""The portal web application. This release serves the notification link's landing check
-and health; sign-in and the conversation pages come with the portal itself."""
+"""The portal web application: built from settings and a store, never at import time."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from sqlalchemy import select
+from collections.abc import Awaitable, Callable
+from importlib import resources
+
+import structlog
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
 
 from sigillo.config import Settings
-from sigillo.notify import token_hash
-from sigillo.store.db import Store
-from sigillo.store.models import PortalToken
+from sigillo.portal.accounts import Accounts
+from sigillo.portal.i18n import Formats
+from sigillo.portal.pages import account, conversation
+from sigillo.portal.pages.base import BodyTooLarge, Portal, SignInRequired
+from sigillo.portal.passwords import PasswordHasher
+from sigillo.store.crypto import Keyring
+from sigillo.store.db import Store, StoreUnavailable
 
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-        "base-uri 'none'; frame-ancestors 'none'; object-src 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
+log = structlog.get_logger("sigillo.portal")
+
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'; object-src 'none'"
+)
+"""No script at all, no inline style, nothing from another origin; forms post only here."""
 
 
-def create_app(settings: Settings, store: Store) -> FastAPI:
+def security_headers(https: bool) -> dict[str, str]:
+    headers = {
+        "Content-Security-Policy": CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+        "X-Frame-Options": "DENY",
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
+    }
+    if https:
+        headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    return headers
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    keyring: Keyring,
+    *,
+    hasher: PasswordHasher | None = None,
+    on_queued: Callable[[], None] | None = None,
+) -> FastAPI:
+    """``hasher`` defaults to production argon2id parameters; tests pass cheap ones."""
+    accounts = Accounts(store, hasher or PasswordHasher())
+    portal = Portal(settings, store, keyring, accounts, on_queued)
+    static = resources.files("sigillo.portal").joinpath("static")
     app = FastAPI(title="sigillo portal", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.portal = portal
+    for route in [*account.routes(portal), *conversation.routes(portal)]:
+        app.router.routes.append(route)
+    app.router.routes.append(Mount("/static", StaticFiles(directory=str(static)), name="static"))
+    headers = security_headers(settings.portal.https)
 
     @app.middleware("http")
-    async def headers(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response: Response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
+    async def secure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers.update(headers)
         return response
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    @app.get("/c/{token}", response_class=HTMLResponse)
-    async def landing(token: str) -> HTMLResponse:
-        # The link alone never shows content; it only tells a valid link from a wrong one.
-        async with store.session() as session:
-            row = await session.execute(
-                select(PortalToken.token_hash).where(PortalToken.token_hash == token_hash(token))
-            )
-        if row.first() is None:
-            raise HTTPException(status_code=404)
-        return HTMLResponse(
-            "<!doctype html><html lang=en><meta charset=utf-8>"
-            "<title>Secure message</title><h1>You have a secure message</h1>"
-            "<p>Sign in to read it.</p></html>"
+    async def error_page(request: Request, status: int) -> Response:
+        try:
+            visitor = await portal.visitor(request)
+        except StoreUnavailable:
+            return Response("Service unavailable", status_code=503, media_type="text/plain")
+        _ = visitor.gettext
+        pages = {
+            400: (_("Something in the request was not right"), _("Please go back and try again.")),
+            403: (
+                _("This form has expired"),
+                _(
+                    "For your protection the form could not be accepted. Go back, reload the "
+                    "page and try again."
+                ),
+            ),
+            404: (
+                _("Page not found"),
+                _(
+                    "There is nothing here, or it is not yours to see. Check the link in your "
+                    "latest notification email."
+                ),
+            ),
+            413: (
+                _("Too large"),
+                _("The message and its attachments are larger than allowed ({size}).").format(
+                    size=Formats(visitor.lang).size(settings.portal.max_upload_size)
+                ),
+            ),
+            503: (
+                _("Temporarily unavailable"),
+                _(
+                    "The secure portal cannot be reached right now. Nothing was lost; please "
+                    "try again in a few minutes."
+                ),
+            ),
+        }
+        title, text = pages.get(status, (_("Something went wrong"), _("Please try again later.")))
+        return portal.render(
+            visitor, "notice.html", status=status, title=title, text=text, link=None
         )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return await error_page(request, exc.status_code)
+
+    @app.exception_handler(SignInRequired)
+    async def sign_in_first(request: Request, exc: SignInRequired) -> Response:
+        visitor = await portal.visitor(request)
+        ended = "&ended=1" if visitor.expired else ""
+        return portal.redirect(visitor, f"/login?next={exc.after}{ended}")
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> Response:
+        response = await error_page(request, 413)
+        response.headers["Connection"] = "close"
+        return response
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(request: Request, exc: StoreUnavailable) -> Response:
+        log.error("portal_store_unavailable", error=str(exc))
+        return await error_page(request, 503)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> Response:
+        # Logged for the operator with its type only: a message or traceback could carry
+        # content; the visitor gets a plain page, never a stack trace.
+        log.error("portal_error", path=request.url.path, error=type(exc).__name__)
+        return await error_page(request, 500)
 
     return app

@@ -1,0 +1,267 @@
+"""What a signed-in recipient may read and write: their own conversations, nothing else.
+
+Every read goes through ``owned``, which answers only for a conversation whose recipient is
+the signed-in address; the pages answer 404 for everything else, so another person's ids and
+guessed ids look exactly like ids that do not exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sigillo.config import Settings
+from sigillo.gateway import queue
+from sigillo.notify import token_hash
+from sigillo.portal.compose import Upload, build_copy, build_reply
+from sigillo.portal.mailview import AttachmentInfo, MessageView, open_attachment, parse_message
+from sigillo.store import audit
+from sigillo.store.crypto import Keyring
+from sigillo.store.db import Store
+from sigillo.store.models import (
+    Conversation,
+    ConversationMessage,
+    JobKind,
+    Message,
+    PortalToken,
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    message_id: str
+    direction: str
+    """``out``: from the organisation; ``in``: written by the recipient in the portal."""
+    view: MessageView
+
+
+@dataclass(frozen=True)
+class Thread:
+    conversation_id: int
+    recipient: str
+    expires_at: datetime
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True)
+class Link:
+    """Where a notification link leads."""
+
+    conversation_id: int
+    recipient: str
+
+
+@dataclass(frozen=True)
+class ReplyDraft:
+    body: str
+    attachments: tuple[Upload, ...]
+    send_copy: bool
+    copy_note: str
+    """The explanation that opens the copy, in the author's language."""
+
+
+class Conversations:
+    def __init__(self, settings: Settings, store: Store, keyring: Keyring) -> None:
+        self.settings = settings
+        self.store = store
+        self.keyring = keyring
+        self.ttl = timedelta(days=settings.portal.message_ttl_days)
+
+    def expires_at(self, conversation: Conversation) -> datetime:
+        return conversation.last_message_at + self.ttl
+
+    def expired(self, conversation: Conversation, now: datetime) -> bool:
+        return now >= self.expires_at(conversation)
+
+    async def link(self, token: str) -> Link | None:
+        async with self.store.session() as session:
+            row = await session.execute(
+                select(PortalToken.conversation_id, PortalToken.recipient).where(
+                    PortalToken.token_hash == token_hash(token)
+                )
+            )
+            found = row.first()
+        return Link(found[0], found[1].lower()) if found else None
+
+    async def owned(self, conversation_id: int, address: str) -> Conversation | None:
+        async with self.store.session() as session:
+            row = await session.execute(
+                select(Conversation).where(
+                    Conversation.id == conversation_id, Conversation.recipient == address
+                )
+            )
+            return row.scalars().first()
+
+    async def _messages(self, conversation_id: int) -> list[tuple[ConversationMessage, Message]]:
+        async with self.store.session() as session:
+            rows = await session.execute(
+                select(ConversationMessage, Message)
+                .join(Message, Message.id == ConversationMessage.message_id)
+                .where(ConversationMessage.conversation_id == conversation_id)
+                .order_by(ConversationMessage.id)
+            )
+            return [(link, message) for link, message in rows]
+
+    async def thread(self, conversation: Conversation) -> Thread:
+        entries = tuple(
+            Entry(
+                message.id,
+                link.direction,
+                parse_message(queue.open_content(self.keyring, message)),
+            )
+            for link, message in await self._messages(conversation.id)
+        )
+        return Thread(
+            conversation.id, conversation.recipient, self.expires_at(conversation), entries
+        )
+
+    async def contact(self, conversation: Conversation) -> str:
+        """Whom the recipient of an expired conversation should contact. Read from the
+        envelope (kept in clear), so it still works once expired content is destroyed."""
+        return self.settings.portal.contact or await self._last_sender(conversation)
+
+    async def _last_sender(self, conversation: Conversation) -> str:
+        outgoing = [
+            m for link, m in await self._messages(conversation.id) if link.direction == "out"
+        ]
+        return outgoing[-1].mail_from.lower() if outgoing else ""
+
+    async def attachment(
+        self, conversation: Conversation, message_id: str, index: int
+    ) -> tuple[AttachmentInfo, bytes] | None:
+        for _, message in await self._messages(conversation.id):
+            if message.id == message_id:
+                try:
+                    return open_attachment(queue.open_content(self.keyring, message), index)
+                except LookupError:
+                    return None
+        return None
+
+    def staff_address(self, thread: Thread) -> str | None:
+        """Where a reply goes: the sender of the organisation's latest message, preferring its
+        Reply-To, as long as that is at one of the organisation's own domains."""
+        for entry in reversed(thread.entries):
+            if entry.direction != "out":
+                continue
+            for candidate in (entry.view.reply_to, entry.view.from_address):
+                if candidate and self._internal(candidate):
+                    return candidate.lower()
+        return None
+
+    def _internal(self, address: str) -> bool:
+        domains = self.settings.relay.internal_domains
+        domain = address.rpartition("@")[2].lower()
+        return not domains or any(domain == d or domain.endswith("." + d) for d in domains)
+
+    async def reply(
+        self,
+        conversation: Conversation,
+        thread: Thread,
+        draft: ReplyDraft,
+        client: str,
+        now: datetime,
+    ) -> str | None:
+        """Store the reply in the conversation and queue it for the relay (and the copy, if
+        asked for). Returns the reply's message id, or None when there is nobody to reply to."""
+        staff = self.staff_address(thread)
+        if staff is None:
+            # The envelope sender came from the organisation's own network.
+            sender = await self._last_sender(conversation)
+            staff = sender if sender and self._internal(sender) else None
+        if not staff:
+            return None
+        last = next((e for e in reversed(thread.entries) if e.direction == "out"), None)
+        author = conversation.recipient
+        hostname = self.settings.smtp.hostname
+        reply = build_reply(
+            author=author,
+            to=staff,
+            subject=last.view.subject if last else "",
+            in_reply_to=last.view.message_id if last else None,
+            references=last.view.references if last else (),
+            body=draft.body,
+            attachments=draft.attachments,
+            hostname=hostname,
+            now=now,
+        )
+        reply_bytes = reply.as_bytes()
+        stored = queue.new_message(
+            self.keyring, mail_from=author, content=reply_bytes, client_address=client, now=now
+        )
+        copy = None
+        if draft.send_copy:
+            copy_bytes = build_copy(
+                reply,
+                sender=self.settings.notify.from_,
+                recipient=author,
+                note=draft.copy_note,
+                hostname=hostname,
+                now=now,
+            ).as_bytes()
+            copy = queue.new_message(
+                self.keyring,
+                mail_from=self.settings.notify.from_,
+                content=copy_bytes,
+                client_address=client,
+                now=now,
+            )
+        conversation_id, reply_id = conversation.id, stored.id
+        copy_id = copy.id if copy else None
+        delivery = self.settings.delivery
+
+        def write(session: Session) -> None:
+            session.add(stored)
+            session.add(
+                ConversationMessage(
+                    conversation_id=conversation_id,
+                    message_id=reply_id,
+                    direction="in",
+                    added_at=now,
+                )
+            )
+            current = session.get(Conversation, conversation_id)
+            if current is not None:
+                current.last_message_at = now
+            session.add(
+                queue.new_job(
+                    JobKind.RELAY,
+                    staff,
+                    staff.rpartition("@")[2],
+                    now,
+                    delivery,
+                    message_id=reply_id,
+                    conversation_id=conversation_id,
+                )
+            )
+            if copy is not None:
+                session.add(copy)
+                session.add(
+                    queue.new_job(
+                        JobKind.MAIL,
+                        author,
+                        author.rpartition("@")[2],
+                        now,
+                        delivery,
+                        message_id=copy_id,
+                    )
+                )
+            audit.record(
+                session,
+                "portal.reply",
+                actor=author,
+                at=now,
+                client=client,
+                conversation_id=conversation_id,
+                message_id=reply_id,
+                details={
+                    "attachments": len(draft.attachments),
+                    "size": len(reply_bytes),
+                    "copy": copy is not None,
+                },
+            )
+
+        await self.store.write(write)
+        return reply_id

@@ -1,0 +1,1 @@
+"""Page handlers of the portal, one module per area."""

@@ -1,0 +1,254 @@
+"""Pages about the account: first visit from a notification link, sign-in and sign-out,
+forgotten and changed passwords, the language switch."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from sigillo.portal import i18n
+from sigillo.portal.accounts import MAX_ADDRESS, SignIn, normalise_address
+from sigillo.portal.pages.base import LANG_COOKIE, Portal, Visitor, safe_next, utcnow
+from sigillo.portal.passwords import MAX_LENGTH, Problem, check_new_password
+
+
+def problem_messages(visitor: Visitor, problems: list[Problem]) -> list[str]:
+    _ = visitor.gettext
+    text = {
+        Problem.TOO_SHORT: _("The password must have at least 12 characters."),
+        Problem.TOO_LONG: _("The password must have at most 128 characters."),
+        Problem.COMMON: _(
+            "This password is among the most commonly used ones, which attackers try first. "
+            "Please choose another."
+        ),
+        Problem.CONTAINS_ADDRESS: _("The password must not contain your email address."),
+        Problem.MISMATCH: _("The two passwords are not the same."),
+    }
+    return [text[p] for p in problems]
+
+
+def _text(form_value: object, limit: int) -> str:
+    """A form field as text, cut just past ``limit`` so an oversized value is still refused
+    as too long; text that cannot be UTF-8 (lone surrogates) is no text at all."""
+    if not isinstance(form_value, str):
+        return ""
+    try:
+        form_value.encode()
+    except UnicodeEncodeError:
+        return ""
+    return form_value[: limit + 1]
+
+
+def routes(portal: Portal) -> list[Route]:
+    async def home(request: Request) -> Response:
+        visitor = await portal.visitor(request)
+        return portal.redirect(visitor, "/login")
+
+    async def link(request: Request) -> Response:
+        """A notification link: first visit creates the account, later ones lead to sign-in.
+        The link alone never shows content."""
+        visitor = await portal.visitor(request)
+        token = request.path_params["token"]
+        found = await portal.conversations.link(token)
+        if found is None:
+            raise HTTPException(404)
+        target = f"/conversations/{found.conversation_id}"
+        if visitor.user is not None and visitor.user.address == found.recipient:
+            return portal.redirect(visitor, target)
+        if await portal.accounts.find(found.recipient) is not None:
+            return portal.redirect(visitor, f"/login?next={target}")
+        if request.method == "GET":
+            return portal.render(visitor, "register.html", address=found.recipient, errors=[])
+        form = await portal.form(request, visitor)
+        password = _text(form.get("password"), MAX_LENGTH * 4)
+        confirm = _text(form.get("password_confirm"), MAX_LENGTH * 4)
+        problems = check_new_password(password, confirm, found.recipient)
+        if problems:
+            return portal.render(
+                visitor,
+                "register.html",
+                status=400,
+                address=found.recipient,
+                errors=problem_messages(visitor, problems),
+            )
+        cookie = await portal.accounts.register(found.recipient, password, visitor.client, utcnow())
+        if cookie is None:  # created meanwhile (another tab, another link)
+            return portal.redirect(visitor, f"/login?next={target}")
+        portal.signed_in(visitor, cookie)
+        return portal.redirect(visitor, target)
+
+    async def login(request: Request) -> Response:
+        visitor = await portal.visitor(request)
+        _ = visitor.gettext
+        next_page = safe_next(request.query_params.get("next"))
+        if request.method == "GET":
+            ended = visitor.expired or request.query_params.get("ended") == "1"
+            notice = _("Your session has ended. Please sign in again.") if ended else None
+            return portal.render(
+                visitor, "login.html", next=next_page, email="", error=None, notice=notice
+            )
+        form = await portal.form(request, visitor)
+        next_page = safe_next(form.get("next"))
+        email = normalise_address(_text(form.get("email"), MAX_ADDRESS))
+        password = _text(form.get("password"), MAX_LENGTH * 4)
+        result = await portal.accounts.sign_in(email, password, visitor.client, utcnow())
+        if result.outcome is SignIn.OK and result.cookie is not None:
+            portal.signed_in(visitor, result.cookie)
+            return portal.redirect(visitor, next_page or "/conversations")
+        if result.outcome is SignIn.LOCKED:
+            error = _(
+                "Too many unsuccessful attempts. For your protection, signing in is paused "
+                "for 15 minutes. You can also reset your password."
+            )
+        else:
+            error = _("The email address or the password is not correct.")
+        return portal.render(
+            visitor, "login.html", status=401, next=next_page, email=email, error=error, notice=None
+        )
+
+    async def logout(request: Request) -> Response:
+        visitor = await portal.visitor(request)
+        await portal.form(request, visitor)
+        if visitor.user is not None:
+            await portal.accounts.sign_out(visitor.user, visitor.client, utcnow())
+        portal.signed_out(visitor)
+        return portal.redirect(visitor, "/login?signed_out=1")
+
+    async def forgot(request: Request) -> Response:
+        visitor = await portal.visitor(request)
+        _ = visitor.gettext
+        if request.method == "GET":
+            return portal.render(visitor, "forgot.html", sent=False)
+        form = await portal.form(request, visitor)
+        email = normalise_address(_text(form.get("email"), MAX_ADDRESS))
+        now = utcnow()
+        issued = await portal.accounts.request_reset(email, visitor.client, now) if email else None
+        if issued is not None:
+            account, token = issued
+            link = f"{portal.settings.portal.base_url}/reset/{token}"
+            await portal.outbox.send(
+                account.address,
+                _("Reset your password"),
+                _(
+                    "Someone, probably you, asked to reset the password of your secure "
+                    "messages account. To choose a new password, open this link within "
+                    "30 minutes:\n\n    {link}\n\nIf it was not you, ignore this email: your "
+                    "password stays as it is. We will never ask for your password by email."
+                ).format(link=link),
+                now,
+            )
+        # The same answer whether or not the address has an account.
+        return portal.render(visitor, "forgot.html", sent=True)
+
+    async def reset(request: Request) -> Response:
+        visitor = await portal.visitor(request)
+        _ = visitor.gettext
+        token = request.path_params["token"]
+        now = utcnow()
+        account = await portal.accounts.reset_target(token, now)
+        if account is None:
+            return portal.render(
+                visitor,
+                "notice.html",
+                status=404,
+                title=_("This link is no longer valid"),
+                text=_(
+                    "Password reset links work once, for 30 minutes. You can ask for a new one."
+                ),
+                link=("/forgot", _("Reset your password")),
+            )
+        if request.method == "GET":
+            return portal.render(visitor, "reset.html", address=account.address, errors=[])
+        form = await portal.form(request, visitor)
+        password = _text(form.get("password"), MAX_LENGTH * 4)
+        confirm = _text(form.get("password_confirm"), MAX_LENGTH * 4)
+        problems = check_new_password(password, confirm, account.address)
+        if problems:
+            return portal.render(
+                visitor,
+                "reset.html",
+                status=400,
+                address=account.address,
+                errors=problem_messages(visitor, problems),
+            )
+        if await portal.accounts.reset(token, password, visitor.client, now) is None:
+            raise HTTPException(404)
+        await _confirm_change(portal, visitor, account.address)
+        portal.signed_out(visitor)
+        return portal.redirect(visitor, "/login?changed=1")
+
+    async def change_password(request: Request) -> Response:
+        visitor, user = await portal.member(request)
+        if request.method == "GET":
+            return portal.render(visitor, "password.html", errors=[], done=False)
+        form = await portal.form(request, visitor)
+        current = _text(form.get("current_password"), MAX_LENGTH * 4)
+        password = _text(form.get("password"), MAX_LENGTH * 4)
+        confirm = _text(form.get("password_confirm"), MAX_LENGTH * 4)
+        problems = check_new_password(password, confirm, user.address)
+        errors = problem_messages(visitor, problems)
+        if not problems and not await portal.accounts.change_password(
+            user, current, password, visitor.client, utcnow()
+        ):
+            errors = [visitor.gettext("The current password is not correct.")]
+        if errors:
+            return portal.render(visitor, "password.html", status=400, errors=errors, done=False)
+        await _confirm_change(portal, visitor, user.address)
+        return portal.render(visitor, "password.html", errors=[], done=True)
+
+    async def language(request: Request) -> Response:
+        visitor = await portal.visitor(request)
+        form = await portal.form(request, visitor)
+        lang = form.get("lang")
+        back = form.get("back")
+        target = back if isinstance(back, str) and _local_page(back) else "/login"
+        response = portal.redirect(visitor, target)
+        if isinstance(lang, str) and lang in i18n.LANGUAGES:
+            response.set_cookie(
+                LANG_COOKIE,
+                lang,
+                max_age=365 * 86400,
+                path="/",
+                httponly=True,
+                secure=portal.sessions.https,
+                samesite="lax",
+            )
+        return response
+
+    return [
+        Route("/", home, methods=["GET"]),
+        Route("/c/{token}", link, methods=["GET", "POST"]),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/forgot", forgot, methods=["GET", "POST"]),
+        Route("/reset/{token}", reset, methods=["GET", "POST"]),
+        Route("/account/password", change_password, methods=["GET", "POST"]),
+        Route("/lang", language, methods=["POST"]),
+    ]
+
+
+def _local_page(path: str) -> bool:
+    """A path on this site to return to after switching language (no scheme, no host)."""
+    return (
+        path.startswith("/")
+        and not path.startswith("//")
+        and "\\" not in path
+        and all(c.isprintable() and not c.isspace() for c in path)
+        and len(path) < 512
+    )
+
+
+async def _confirm_change(portal: Portal, visitor: Visitor, address: str) -> None:
+    _ = visitor.gettext
+    await portal.outbox.send(
+        address,
+        _("Your password was changed"),
+        _(
+            "The password of your secure messages account was just changed, and every other "
+            "signed-in session was ended. If you did not do this, reset your password at once "
+            "here: {link}"
+        ).format(link=f"{portal.settings.portal.base_url}/forgot"),
+        utcnow(),
+    )
