@@ -4,9 +4,10 @@
 #   scripts/test.sh [PYTEST ARGS...]      (test paths are relative to the repository root)
 #
 # Runs from any directory, as root, without standard input. Installs the Debian packages the
-# integration tests drive (Postfix, dnsmasq, swaks; PostgreSQL when there is none), starts the
-# PostgreSQL cluster when it is down, creates .venv and installs the project into it. Every
-# check runs even when an earlier one fails; the exit status is non-zero if any failed.
+# integration tests drive (Postfix, dnsmasq, swaks; Chromium and a font for the portal's browser
+# tests, which Playwright drives instead of downloading its own; PostgreSQL when there is none),
+# starts the PostgreSQL cluster when it is down, creates .venv and installs the project into it.
+# Every check runs even when an earlier one fails; the exit status is non-zero if any failed.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +25,7 @@ fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
-for pkg in postfix dnsmasq swaks; do
+for pkg in postfix dnsmasq swaks chromium fonts-dejavu-core; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ! command -v psql >/dev/null || ! command -v pg_ctlcluster >/dev/null \
