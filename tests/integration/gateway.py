@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sigillo.config import Settings
 from sigillo.gateway.listener import start_listener
 from sigillo.gateway.worker import Worker
+from sigillo.portal.app import create_app
 from sigillo.store import migrate
 from sigillo.store.crypto import Keyring
 from sigillo.store.db import Store
@@ -28,6 +29,7 @@ from sigillo.store.models import Attempt, Job, JobKind, JobState
 from tests.peers.dnsmasq import DnsmasqPeer
 from tests.peers.fixtures import MxPeers
 from tests.peers.postfix import ReceivedMail
+from tests.portal.harness import CHEAP, serving
 
 
 @dataclass
@@ -80,8 +82,16 @@ def gateway_settings(
 
 class Gateway:
     def __init__(
-        self, settings: Settings, store: Store, keyring: Keyring, port: int, relay: RelayRecorder
+        self,
+        settings: Settings,
+        store: Store,
+        keyring: Keyring,
+        port: int,
+        relay: RelayRecorder,
+        portal_url: str = "",
     ) -> None:
+        self.portal_url = portal_url
+        """Where the portal role listens (when started with ``portal=True``)."""
         self.settings = settings
         self.store = store
         self.keyring = keyring
@@ -162,7 +172,11 @@ async def running_gateway(
     mx: MxPeers,
     dns: DnsmasqPeer,
     overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    portal: bool = False,
 ) -> AsyncIterator[Gateway]:
+    """Listener and worker; with ``portal`` also the portal (cheap password hashing), whose
+    notification links then point at it."""
     relay = RelayRecorder()
     loop = asyncio.get_running_loop()
     relay_server = await loop.create_server(lambda: SMTP(relay), "127.0.0.1", 0)
@@ -175,8 +189,16 @@ async def running_gateway(
     listener = await start_listener(settings, store, keyring, worker.notify_queued)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
+    port = listener.sockets[0].getsockname()[1]
     try:
-        yield Gateway(settings, store, keyring, listener.sockets[0].getsockname()[1], relay)
+        if portal:
+            app = create_app(settings, store, keyring, hasher=CHEAP, on_queued=worker.notify_queued)
+            async with serving(app) as url:
+                # Links in notifications lead to this portal.
+                settings.portal.base_url = url
+                yield Gateway(settings, store, keyring, port, relay, url)
+        else:
+            yield Gateway(settings, store, keyring, port, relay)
     finally:
         stop.set()
         await task

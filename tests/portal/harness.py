@@ -218,11 +218,8 @@ class PortalClient:
 
 
 @asynccontextmanager
-async def running_portal(settings: Settings) -> AsyncIterator[PortalHarness]:
-    store = Store(settings.storage.database_url)
-    await migrate.upgrade(store)
-    keyring = Keyring.load_or_create(settings.storage.key_file)
-    app = create_app(settings, store, keyring, hasher=CHEAP)
+async def serving(app: Any) -> AsyncIterator[str]:
+    """Serve ``app`` on an ephemeral loopback port in this event loop; yields its URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -231,17 +228,32 @@ async def running_portal(settings: Settings) -> AsyncIterator[PortalHarness]:
         uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", proxy_headers=False)
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    harness: PortalHarness | None = None
     while not server.started:
+        if task.done():
+            task.result()
         await asyncio.sleep(0.01)
     try:
-        url = f"http://127.0.0.1:{port}"
-        harness = PortalHarness(settings, store, keyring, url, app.state.portal)
-        yield harness
+        yield f"http://127.0.0.1:{port}"
     finally:
-        for client in harness.clients if harness else []:
-            await client.close()
         server.should_exit = True
         await task
         sock.close()
+
+
+@asynccontextmanager
+async def running_portal(settings: Settings) -> AsyncIterator[PortalHarness]:
+    store = Store(settings.storage.database_url)
+    await migrate.upgrade(store)
+    keyring = Keyring.load_or_create(settings.storage.key_file)
+    app = create_app(settings, store, keyring, hasher=CHEAP)
+    harness: PortalHarness | None = None
+    try:
+        async with serving(app) as url:
+            harness = PortalHarness(settings, store, keyring, url, app.state.portal)
+            try:
+                yield harness
+            finally:
+                for client in harness.clients:
+                    await client.close()
+    finally:
         await store.close()

@@ -289,3 +289,13 @@ async def test_views_downloads_and_sign_ins_are_audited_with_the_client(
         assert (action, ANNA, "127.0.0.4") in summary, action
     view = next(e for e in events if e.action == "portal.view")
     assert view.conversation_id == seeded.conversation_id
+
+
+async def test_the_link_of_an_expired_conversation_says_so_without_an_account(
+    portal: PortalHarness,
+) -> None:
+    seeded = await portal.seed(ANNA, staff_message(ANNA, text="old results"))
+    await portal.age(seeded.conversation_id, portal.settings.portal.message_ttl_days)
+    page = await portal.client().get(f"/c/{seeded.token}")
+    assert page.status_code == 404 and "has expired" in page.text
+    assert 'name="password"' not in page.text and "old results" not in page.text

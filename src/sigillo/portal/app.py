@@ -17,7 +17,7 @@ from sigillo.config import Settings
 from sigillo.portal.accounts import Accounts
 from sigillo.portal.i18n import Formats
 from sigillo.portal.pages import account, conversation
-from sigillo.portal.pages.base import BodyTooLarge, Portal, SignInRequired
+from sigillo.portal.pages.base import BodyTooLarge, Portal, SignInRequired, drain
 from sigillo.portal.passwords import PasswordHasher
 from sigillo.store.crypto import Keyring
 from sigillo.store.db import Store, StoreUnavailable
@@ -131,7 +131,8 @@ def create_app(
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> Response:
         response = await error_page(request, 413)
-        response.headers["Connection"] = "close"
+        if not await drain(request):
+            response.headers["Connection"] = "close"
         return response
 
     @app.exception_handler(StoreUnavailable)

@@ -214,6 +214,9 @@ class Conversations:
 
         def write(session: Session) -> None:
             session.add(stored)
+            if copy is not None:
+                session.add(copy)
+            session.flush()  # the rows below refer to these messages
             session.add(
                 ConversationMessage(
                     conversation_id=conversation_id,
@@ -237,7 +240,6 @@ class Conversations:
                 )
             )
             if copy is not None:
-                session.add(copy)
                 session.add(
                     queue.new_job(
                         JobKind.MAIL,

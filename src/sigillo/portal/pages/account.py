@@ -55,6 +55,13 @@ def routes(portal: Portal) -> list[Route]:
         if found is None:
             raise HTTPException(404)
         target = f"/conversations/{found.conversation_id}"
+        conversation = await portal.conversations.owned(found.conversation_id, found.recipient)
+        if conversation is None:
+            raise HTTPException(404)
+        now = utcnow()
+        if portal.conversations.expired(conversation, now):
+            # Nothing left to read: no account is needed to be told so.
+            return await portal.expired(visitor, conversation)
         if visitor.user is not None and visitor.user.address == found.recipient:
             return portal.redirect(visitor, target)
         if await portal.accounts.find(found.recipient) is not None:
@@ -73,7 +80,7 @@ def routes(portal: Portal) -> list[Route]:
                 address=found.recipient,
                 errors=problem_messages(visitor, problems),
             )
-        cookie = await portal.accounts.register(found.recipient, password, visitor.client, utcnow())
+        cookie = await portal.accounts.register(found.recipient, password, visitor.client, now)
         if cookie is None:  # created meanwhile (another tab, another link)
             return portal.redirect(visitor, f"/login?next={target}")
         portal.signed_in(visitor, cookie)

@@ -26,6 +26,7 @@ from sigillo.portal.outbox import Outbox
 from sigillo.portal.sessions import Sessions, SignedIn, new_cookie_value
 from sigillo.store.crypto import Keyring
 from sigillo.store.db import Store
+from sigillo.store.models import Conversation
 
 LANG_COOKIE = "sigillo_lang"
 FORM_LIMIT = 64 * 1024
@@ -188,6 +189,16 @@ class Portal:
         )
         return self.finish(visitor, HTMLResponse(page, status_code=status))
 
+    async def expired(self, visitor: Visitor, conversation: Conversation) -> Response:
+        """The page of a conversation past its expiry: no content, and whom to contact."""
+        return self.render(
+            visitor,
+            "expired.html",
+            status=404,
+            expired_at=self.conversations.expires_at(conversation),
+            contact=await self.conversations.contact(conversation),
+        )
+
     def redirect(self, visitor: Visitor, url: str) -> Response:
         return self.finish(visitor, RedirectResponse(url, status_code=303))
 
@@ -202,6 +213,24 @@ class Portal:
                 samesite="lax",
             )
         return response
+
+
+DRAIN_LIMIT = 128 * 1024 * 1024
+"""How much of a refused upload is read and thrown away so that the browser sees the 413
+page (a connection closed mid-upload shows the visitor only a network error)."""
+
+
+async def drain(request: Request) -> bool:
+    """Discard the rest of the request body; False if it was longer than ``DRAIN_LIMIT``."""
+    discarded = 0
+    while discarded <= DRAIN_LIMIT:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            return False
+        discarded += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return True
+    return False
 
 
 async def _limited(stream: AsyncGenerator[bytes, None], limit: int) -> AsyncGenerator[bytes, None]:

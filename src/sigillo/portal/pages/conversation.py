@@ -64,13 +64,7 @@ def routes(portal: Portal) -> list[Route]:
         conversation = await own(user, request)
         now = utcnow()
         if portal.conversations.expired(conversation, now):
-            return portal.render(
-                visitor,
-                "expired.html",
-                status=404,
-                expired_at=portal.conversations.expires_at(conversation),
-                contact=await portal.conversations.contact(conversation),
-            )
+            return await portal.expired(visitor, conversation)
         thread = await portal.conversations.thread(conversation)
         address, conversation_id = user.address, conversation.id
         await portal.store.write(
