@@ -4,6 +4,7 @@ Each test fails when its rule is taken out."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -299,3 +300,27 @@ async def test_the_link_of_an_expired_conversation_says_so_without_an_account(
     page = await portal.client().get(f"/c/{seeded.token}")
     assert page.status_code == 404 and "has expired" in page.text
     assert 'name="password"' not in page.text and "old results" not in page.text
+
+
+async def test_a_database_outage_gets_a_plain_try_again_page(tmp_path: Path) -> None:
+    from sigillo.portal.app import create_app
+    from sigillo.store.crypto import Keyring
+    from sigillo.store.db import Store
+    from tests.portal.harness import CHEAP, PortalClient, portal_settings, serving
+
+    settings = portal_settings(tmp_path, "postgresql://root@127.0.0.1:1/nowhere")
+    store = Store(settings.storage.database_url)
+    app = create_app(
+        settings, store, Keyring.load_or_create(settings.storage.key_file), hasher=CHEAP
+    )
+    async with serving(app) as url:
+        client = PortalClient(url, "127.0.0.1")
+        try:
+            response = await client.login(ANNA)
+            assert response.status_code == 503
+            assert "Nothing was lost" in response.text and "Traceback" not in response.text
+            cookie_page = await client.get("/conversations/1")
+            assert cookie_page.status_code in (303, 503)
+        finally:
+            await client.close()
+    await store.close()

@@ -7,6 +7,7 @@ from importlib import resources
 
 import structlog
 from fastapi import FastAPI
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,6 +30,10 @@ CSP = (
     "base-uri 'none'; frame-ancestors 'none'; object-src 'none'"
 )
 """No script at all, no inline style, nothing from another origin; forms post only here."""
+
+
+OUTAGES = (StoreUnavailable, OperationalError, InterfaceError, OSError)
+"""What a database that is down or unreachable raises."""
 
 
 def security_headers(https: bool) -> dict[str, str]:
@@ -80,8 +85,8 @@ def create_app(
     async def error_page(request: Request, status: int) -> Response:
         try:
             visitor = await portal.visitor(request)
-        except StoreUnavailable:
-            return Response("Service unavailable", status_code=503, media_type="text/plain")
+        except OUTAGES:
+            visitor = portal.stranger(request)
         _ = visitor.gettext
         pages = {
             400: (_("Something in the request was not right"), _("Please go back and try again.")),
@@ -135,10 +140,13 @@ def create_app(
             response.headers["Connection"] = "close"
         return response
 
-    @app.exception_handler(StoreUnavailable)
-    async def unavailable(request: Request, exc: StoreUnavailable) -> Response:
-        log.error("portal_store_unavailable", error=str(exc))
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        log.error("portal_store_unavailable", error=str(exc).splitlines()[0] if str(exc) else "")
         return await error_page(request, 503)
+
+    # A database that is down or unreachable: a plain "try again" page, not a crash.
+    for outage in OUTAGES:
+        app.add_exception_handler(outage, unavailable)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> Response:

@@ -103,10 +103,9 @@ class Portal:
 
     # -- who is asking -----------------------------------------------------------------
 
-    async def visitor(self, request: Request) -> Visitor:
-        cached: Visitor | None = getattr(request.state, "visitor", None)
-        if cached is not None:
-            return cached
+    def stranger(self, request: Request) -> Visitor:
+        """The visitor as far as it can be known without the database: language, client
+        address, cookie value (a fresh one when missing or malformed)."""
         lang = request.cookies.get(LANG_COOKIE)
         if lang not in i18n.LANGUAGES:
             lang = i18n.negotiate(
@@ -115,11 +114,18 @@ class Portal:
         client = request.client.host if request.client else "-"
         cookie = request.cookies.get(self.sessions.cookie_name, "")
         visitor = Visitor(cookie, None, lang, client, translations=self.translations[lang])
-        if len(cookie) < 16 or len(cookie) > 64:
+        if not 16 <= len(cookie) <= 64:
             visitor.cookie, visitor.send_cookie = new_cookie_value(), True
-        else:
+        return visitor
+
+    async def visitor(self, request: Request) -> Visitor:
+        cached: Visitor | None = getattr(request.state, "visitor", None)
+        if cached is not None:
+            return cached
+        visitor = self.stranger(request)
+        if not visitor.send_cookie:
             now = utcnow()
-            found = await self.sessions.lookup(cookie, now)
+            found = await self.sessions.lookup(visitor.cookie, now)
             visitor.user, visitor.expired = found.user, found.expired
             if found.expired:
                 visitor.cookie, visitor.send_cookie = new_cookie_value(), True
