@@ -12,6 +12,7 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -190,11 +191,24 @@ class PortalSettings(_Section):
     contact: str = ""
     """Whom an expired conversation's page tells the recipient to contact; empty names the
     sender of its last message."""
+    timezone: str = "UTC"
+    """The zone the pages show times in (an IANA name such as "Europe/Rome")."""
     default_language: Literal["en", "it"] = "en"
     """Used when neither the language switch nor the browser's Accept-Language decides."""
     trusted_proxies: list[str] = []
     """Addresses of reverse proxies whose X-Forwarded-For gives the client address that
     sign-in throttling and the audit log see. Empty: the TCP peer is the client."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name, e.g. Europe/Rome)"
+            ) from None
+        return value
 
     @property
     def https(self) -> bool:

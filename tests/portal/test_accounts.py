@@ -299,3 +299,12 @@ async def test_passwords_are_stored_as_argon2id(portal: PortalHarness) -> None:
     async with portal.store.session() as session:
         stored = (await session.execute(select(Account.password_hash))).scalar_one()
     assert stored.startswith("$argon2id$") and GOOD_PASSWORD not in stored
+
+
+async def test_registering_an_existing_address_changes_nothing(portal: PortalHarness) -> None:
+    """The last guard when two first visits race: the second creation is a no-op."""
+    accounts = portal.app_state().accounts
+    now = datetime.now(UTC)
+    assert await accounts.register(ANNA, GOOD_PASSWORD, "127.0.0.1", now) is not None
+    assert await accounts.register(ANNA, "a different passphrase", "127.0.0.1", now) is None
+    assert (await portal.client().login(ANNA)).status_code == 303

@@ -78,6 +78,10 @@ def create_app(
         response.headers.update(headers)
         return response
 
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(status_code=204)  # none; answered so browsers stop asking
+
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})

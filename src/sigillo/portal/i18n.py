@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from io import BytesIO
+from zoneinfo import ZoneInfo
 
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_datetime
@@ -63,6 +64,7 @@ class Formats:
     """Dates and sizes as a reader of ``lang`` expects them."""
 
     lang: str
+    timezone: str = "UTC"
 
     @property
     def locale(self) -> Locale:
@@ -74,14 +76,17 @@ class Formats:
     def datetime(self, value: datetime | None) -> str:
         if value is None:
             return ""
-        return format_datetime(value, format="medium", tzinfo=value.tzinfo, locale=self.locale)
+        zone = ZoneInfo(self.timezone)
+        shown = format_datetime(value, format="medium", tzinfo=zone, locale=self.locale)
+        return f"{shown} {format_datetime(value, format='zzz', tzinfo=zone, locale=self.locale)}"
 
     def size(self, size: int) -> str:
         units = ("B", "KB", "MB", "GB")
         value = float(size)
         unit = 0
-        while value >= 1000 and unit < len(units) - 1:
-            value /= 1000
+        # Binary multiples, as the configuration's sizes are, under the labels people know.
+        while value >= 1024 and unit < len(units) - 1:
+            value /= 1024
             unit += 1
         pattern = "#,##0" if unit == 0 else "#,##0.#"
         return f"{format_decimal(value, format=pattern, locale=self.locale)} {units[unit]}"

@@ -139,6 +139,9 @@ class AttachmentInfo:
 @dataclass(frozen=True)
 class MessageView:
     sender: str
+    """The From header as written (name and address)."""
+    sender_name: str
+    """The display name of the first From address; empty when there is none."""
     to: str
     date: datetime | None
     subject: str
@@ -160,6 +163,7 @@ def parse_message(raw: bytes) -> MessageView:
     ids = message_ids(_raw_header(msg, "message-id"))
     return MessageView(
         sender=one_line(_display(msg, "from"), ADDRESS_LIMIT),
+        sender_name=one_line(_display_name(msg, "from"), ADDRESS_LIMIT),
         to=one_line(_display(msg, "to"), ADDRESS_LIMIT),
         date=_date(msg),
         subject=one_line(_display(msg, "subject"), SUBJECT_LIMIT),
@@ -415,6 +419,13 @@ def _display(msg: Message, name: str) -> str:
         return ""
     decoded = _header_text(name, raw)
     return raw if decoded is None else decoded
+
+
+def _display_name(msg: Message, name: str) -> str:
+    header = _header(msg, name)
+    if not isinstance(header, AddressHeader) or not header.addresses:
+        return ""
+    return str(header.addresses[0].display_name or "")
 
 
 def _first_mailbox(msg: Message, name: str) -> str | None:

@@ -10,7 +10,14 @@ from starlette.routing import Route
 
 from sigillo.portal import i18n
 from sigillo.portal.accounts import MAX_ADDRESS, SignIn, normalise_address
-from sigillo.portal.pages.base import LANG_COOKIE, Portal, Visitor, safe_next, utcnow
+from sigillo.portal.pages.base import (
+    LANG_COOKIE,
+    Portal,
+    Visitor,
+    local_page,
+    safe_next,
+    utcnow,
+)
 from sigillo.portal.passwords import MAX_LENGTH, Problem, check_new_password
 
 
@@ -210,7 +217,7 @@ def routes(portal: Portal) -> list[Route]:
         form = await portal.form(request, visitor)
         lang = form.get("lang")
         back = form.get("back")
-        target = back if isinstance(back, str) and _local_page(back) else "/login"
+        target = back if isinstance(back, str) and local_page(back) else "/login"
         response = portal.redirect(visitor, target)
         if isinstance(lang, str) and lang in i18n.LANGUAGES:
             response.set_cookie(
@@ -234,17 +241,6 @@ def routes(portal: Portal) -> list[Route]:
         Route("/account/password", change_password, methods=["GET", "POST"]),
         Route("/lang", language, methods=["POST"]),
     ]
-
-
-def _local_page(path: str) -> bool:
-    """A path on this site to return to after switching language (no scheme, no host)."""
-    return (
-        path.startswith("/")
-        and not path.startswith("//")
-        and "\\" not in path
-        and all(c.isprintable() and not c.isspace() for c in path)
-        and len(path) < 512
-    )
 
 
 async def _confirm_change(portal: Portal, visitor: Visitor, address: str) -> None:

@@ -39,6 +39,17 @@ def safe_next(value: object) -> str | None:
     return value if isinstance(value, str) and _NEXT.match(value) else None
 
 
+def local_page(path: str) -> bool:
+    """A path on this site (no scheme, no host), safe to send a visitor back to."""
+    return (
+        path.startswith("/")
+        and not path.startswith("//")
+        and "\\" not in path
+        and all(c.isprintable() and not c.isspace() for c in path)
+        and len(path) < 1024
+    )
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -61,6 +72,8 @@ class Visitor:
     user: SignedIn | None
     lang: str
     client: str
+    here: str = "/login"
+    """The page asked for (path and query): the language switch returns to it."""
     expired: bool = False
     send_cookie: bool = False
     """The cookie is new (first visit, sign-in, sign-out) and goes out with the response."""
@@ -114,6 +127,9 @@ class Portal:
         client = request.client.host if request.client else "-"
         cookie = request.cookies.get(self.sessions.cookie_name, "")
         visitor = Visitor(cookie, None, lang, client, translations=self.translations[lang])
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if local_page(here):
+            visitor.here = here
         if not 16 <= len(cookie) <= 64:
             visitor.cookie, visitor.send_cookie = new_cookie_value(), True
         return visitor
@@ -185,12 +201,13 @@ class Portal:
         self, visitor: Visitor, template: str, *, status: int = 200, **context: Any
     ) -> Response:
         env = self.templates[visitor.lang]
+        context.setdefault("here", visitor.here)
         page = env.get_template(template).render(
             lang=visitor.lang,
             languages=i18n.LANGUAGE_NAMES,
             user=visitor.user,
             csrf_token=self.sessions.csrf_token(visitor.cookie),
-            fmt=i18n.Formats(visitor.lang),
+            fmt=i18n.Formats(visitor.lang, self.settings.portal.timezone),
             **context,
         )
         return self.finish(visitor, HTMLResponse(page, status_code=status))

@@ -82,6 +82,7 @@ def routes(portal: Portal) -> list[Route]:
             visitor,
             "conversation.html",
             status=400 if errors else 200,
+            here=f"/conversations/{conversation_id}",
             thread=thread,
             errors=errors or [],
             sent=notice == "1",
