@@ -51,7 +51,7 @@ def _text(form_value: object, limit: int) -> str:
 def routes(portal: Portal) -> list[Route]:
     async def home(request: Request) -> Response:
         visitor = await portal.visitor(request)
-        return portal.redirect(visitor, "/login")
+        return portal.redirect(visitor, "/conversations")  # which asks to sign in if need be
 
     async def link(request: Request) -> Response:
         """A notification link: first visit creates the account, later ones lead to sign-in.

@@ -72,15 +72,15 @@ class Visitor:
     user: SignedIn | None
     lang: str
     client: str
+    translations: gettext.GNUTranslations = field(repr=False)
     here: str = "/login"
     """The page asked for (path and query): the language switch returns to it."""
     expired: bool = False
     send_cookie: bool = False
     """The cookie is new (first visit, sign-in, sign-out) and goes out with the response."""
-    translations: gettext.GNUTranslations | None = field(default=None, repr=False)
 
     def gettext(self, message: str) -> str:
-        return self.translations.gettext(message) if self.translations else message
+        return self.translations.gettext(message)
 
 
 class Portal:
@@ -126,7 +126,7 @@ class Portal:
             )
         client = request.client.host if request.client else "-"
         cookie = request.cookies.get(self.sessions.cookie_name, "")
-        visitor = Visitor(cookie, None, lang, client, translations=self.translations[lang])
+        visitor = Visitor(cookie, None, lang, client, self.translations[lang])
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         if local_page(here):
             visitor.here = here
