@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from importlib import resources
 
 import structlog
@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sigillo.config import Settings
 from sigillo.portal.accounts import Accounts
@@ -51,6 +52,31 @@ def security_headers(https: bool) -> dict[str, str]:
     return headers
 
 
+class SecurityHeaders:
+    """Adds the security headers to every response, error pages and static files included.
+    Plain ASGI: it touches only the response start, never buffers a body."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
+        self.app = app
+        self.raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        self.names = {name for name, _ in self.raw}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() not in self.names
+                ]
+                message["headers"] = kept + self.raw
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def create_app(
     settings: Settings,
     store: Store,
@@ -70,13 +96,7 @@ def create_app(
     app.router.routes.append(Mount("/static", StaticFiles(directory=str(static)), name="static"))
     headers = security_headers(settings.portal.https)
 
-    @app.middleware("http")
-    async def secure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        response.headers.update(headers)
-        return response
+    app.add_middleware(SecurityHeaders, headers=headers)
 
     @app.get("/favicon.ico")
     async def favicon() -> Response:
