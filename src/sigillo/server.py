@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 from collections.abc import Generator, Iterable
 from contextlib import contextmanager
@@ -30,6 +31,22 @@ class EmbeddedUvicorn(uvicorn.Server):
     @contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def portal_socket(host: str, port: int) -> socket.socket:
+    """The portal's listening socket, shared through SO_REUSEPORT: several ``serve --role
+    portal`` processes (same user) on one address split the connections between them, which
+    is how the portal uses more than one core."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 async def serve(settings: Settings, roles: Iterable[str]) -> None:
@@ -82,7 +99,7 @@ async def serve(settings: Settings, roles: Iterable[str]) -> None:
             forwarded_allow_ips=",".join(proxies) or None,
         )
         portal = EmbeddedUvicorn(config)
-        tasks.append(asyncio.create_task(portal.serve()))
+        tasks.append(asyncio.create_task(portal.serve(sockets=[portal_socket(host, port)])))
         log.info("portal_listening", address=f"{host}:{port}")
     log.info("serving", roles=sorted(roles))
     await stop.wait()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from sigillo.config import Settings
@@ -28,6 +29,28 @@ from sigillo.store.models import (
     Message,
     PortalToken,
 )
+
+Linked = tuple[ConversationMessage, Message]
+"""A message of a conversation, with its place in it."""
+
+
+async def _owned(session: AsyncSession, conversation_id: int, address: str) -> Conversation | None:
+    row = await session.execute(
+        select(Conversation).where(
+            Conversation.id == conversation_id, Conversation.recipient == address
+        )
+    )
+    return row.scalars().first()
+
+
+async def _linked(session: AsyncSession, conversation_id: int) -> list[Linked]:
+    rows = await session.execute(
+        select(ConversationMessage, Message)
+        .join(Message, Message.id == ConversationMessage.message_id)
+        .where(ConversationMessage.conversation_id == conversation_id)
+        .order_by(ConversationMessage.id)
+    )
+    return [(link, message) for link, message in rows]
 
 
 @dataclass(frozen=True)
@@ -88,31 +111,34 @@ class Conversations:
 
     async def owned(self, conversation_id: int, address: str) -> Conversation | None:
         async with self.store.session() as session:
-            row = await session.execute(
-                select(Conversation).where(
-                    Conversation.id == conversation_id, Conversation.recipient == address
-                )
-            )
-            return row.scalars().first()
+            return await _owned(session, conversation_id, address)
 
-    async def _messages(self, conversation_id: int) -> list[tuple[ConversationMessage, Message]]:
+    async def owned_with_messages(
+        self, conversation_id: int, address: str
+    ) -> tuple[Conversation, list[Linked]] | None:
+        """``owned`` and its messages through one connection (the page view's hot path)."""
         async with self.store.session() as session:
-            rows = await session.execute(
-                select(ConversationMessage, Message)
-                .join(Message, Message.id == ConversationMessage.message_id)
-                .where(ConversationMessage.conversation_id == conversation_id)
-                .order_by(ConversationMessage.id)
-            )
-            return [(link, message) for link, message in rows]
+            conversation = await _owned(session, conversation_id, address)
+            if conversation is None:
+                return None
+            return conversation, await _linked(session, conversation_id)
 
-    async def thread(self, conversation: Conversation) -> Thread:
+    async def _messages(self, conversation_id: int) -> list[Linked]:
+        async with self.store.session() as session:
+            return await _linked(session, conversation_id)
+
+    async def thread(
+        self, conversation: Conversation, messages: list[Linked] | None = None
+    ) -> Thread:
+        if messages is None:
+            messages = await self._messages(conversation.id)
         entries = tuple(
             Entry(
                 message.id,
                 link.direction,
                 parse_message(queue.open_content(self.keyring, message)),
             )
-            for link, message in await self._messages(conversation.id)
+            for link, message in messages
         )
         return Thread(
             conversation.id, conversation.recipient, self.expires_at(conversation), entries

@@ -51,7 +51,9 @@ def create_engine(url: str) -> AsyncEngine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs["pool_size"] = 10
+        # Sized for the portal's and the workers' concurrency: connections beyond the pool are
+        # closed on return, and under load that meant opening dozens a second.
+        kwargs["pool_size"] = 20
         kwargs["max_overflow"] = 10
         kwargs["pool_pre_ping"] = True
     engine = create_async_engine(aurl, **kwargs)

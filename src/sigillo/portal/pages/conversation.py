@@ -28,12 +28,16 @@ MAX_ID = 2**31 - 1
 """Larger ids exist nowhere (and would overflow PostgreSQL's integer)."""
 
 
+def _id(request: Request) -> int:
+    conversation_id: int = request.path_params["conversation"]
+    if conversation_id > MAX_ID:
+        raise HTTPException(404)
+    return conversation_id
+
+
 def routes(portal: Portal) -> list[Route]:
     async def own(user: SignedIn, request: Request) -> Conversation:
-        raw: int = request.path_params["conversation"]
-        if raw > MAX_ID:
-            raise HTTPException(404)
-        conversation = await portal.conversations.owned(raw, user.address)
+        conversation = await portal.conversations.owned(_id(request), user.address)
         if conversation is None:
             raise HTTPException(404)
         return conversation
@@ -61,11 +65,14 @@ def routes(portal: Portal) -> list[Route]:
 
     async def show(request: Request, *, errors: list[str] | None = None) -> Response:
         visitor, user = await portal.member(request)
-        conversation = await own(user, request)
+        found = await portal.conversations.owned_with_messages(_id(request), user.address)
+        if found is None:
+            raise HTTPException(404)
+        conversation, messages = found
         now = utcnow()
         if portal.conversations.expired(conversation, now):
             return await portal.expired(visitor, conversation)
-        thread = await portal.conversations.thread(conversation)
+        thread = await portal.conversations.thread(conversation, messages)
         address, conversation_id = user.address, conversation.id
         await portal.store.write(
             lambda s: audit.record(
