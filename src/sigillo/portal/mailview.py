@@ -158,19 +158,20 @@ def parse_message(raw: bytes) -> MessageView:
     """The page's view of a stored message; any bytes give a view."""
     msg, complete = _parse(raw)
     text, html, attachments = _contents(msg) if complete else _unparsed(raw)
+    sender = _header(msg, "from")  # parsed once: three fields come from it
     references = message_ids(_raw_header(msg, "references"))
     references += message_ids(_raw_header(msg, "in-reply-to"))
     ids = message_ids(_raw_header(msg, "message-id"))
     return MessageView(
-        sender=one_line(_display(msg, "from"), ADDRESS_LIMIT),
-        sender_name=one_line(_display_name(msg, "from"), ADDRESS_LIMIT),
+        sender=one_line(_shown(sender, _raw_header(msg, "from")), ADDRESS_LIMIT),
+        sender_name=one_line(_display_name(sender), ADDRESS_LIMIT),
         to=one_line(_display(msg, "to"), ADDRESS_LIMIT),
         date=_date(msg),
         subject=one_line(_display(msg, "subject"), SUBJECT_LIMIT),
         message_id=ids[0] if ids else None,
         references=tuple(dict.fromkeys(references))[-KEPT_REFERENCES:],
         reply_to=_first_mailbox(msg, "reply-to"),
-        from_address=_first_mailbox(msg, "from"),
+        from_address=_mailbox(sender),
         text=text,
         html=html,
         attachments=tuple(info for info, _ in attachments),
@@ -330,6 +331,8 @@ def _disposition(part: Message) -> str | None:
 def _filename(part: Message) -> str | None:
     """The declared name, RFC 2231 and encoded words (also inside quotes) decoded."""
     for name, parameter in (("content-disposition", "filename"), ("content-type", "name")):
+        if "name" not in _raw_header(part, name).lower():
+            continue  # no name to find: spare the (costly) structured parse
         header = _header(part, name)
         if isinstance(header, ParameterizedMIMEHeader):
             value = header.params.get(parameter)
@@ -421,16 +424,23 @@ def _display(msg: Message, name: str) -> str:
     return raw if decoded is None else decoded
 
 
-def _display_name(msg: Message, name: str) -> str:
-    header = _header(msg, name)
+def _shown(header: BaseHeader | None, raw: str) -> str:
+    """A parsed header's decoded text; the raw value if it did not parse."""
+    return str(header) if header is not None else raw
+
+
+def _display_name(header: BaseHeader | None) -> str:
     if not isinstance(header, AddressHeader) or not header.addresses:
         return ""
     return str(header.addresses[0].display_name or "")
 
 
 def _first_mailbox(msg: Message, name: str) -> str | None:
+    return _mailbox(_header(msg, name))
+
+
+def _mailbox(header: BaseHeader | None) -> str | None:
     """The addr-spec of the header's first address, if it is a mailbox sigillo can mail."""
-    header = _header(msg, name)
     if not isinstance(header, AddressHeader) or not header.addresses:
         return None
     try:
