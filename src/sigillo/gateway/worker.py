@@ -26,7 +26,13 @@ from sigillo.gateway.dsn import FailedRecipient, build_dsn, dsn_bytes
 from sigillo.gateway.mx import MXResolver
 from sigillo.gateway.relay import send_to_relay
 from sigillo.gateway.smtpclient import SessionError
-from sigillo.notify import Notification, new_token, send_notification, send_opportunistic
+from sigillo.notify import (
+    Notification,
+    SendResult,
+    new_token,
+    send_notification,
+    send_opportunistic,
+)
 from sigillo.portal.handoff import hand_off
 from sigillo.store.crypto import Keyring
 from sigillo.store.db import Store
@@ -230,17 +236,7 @@ class Worker:
         sent = await send_notification(
             Notification(job.recipient, link, subject), self.settings, self.resolver, now
         )
-        attempt = Attempt(
-            at=now,
-            outcome=sent.outcome,
-            reason=sent.reason,
-            mx_host=sent.mx_host,
-            mx_ip=sent.mx_ip,
-            tls_version=sent.tls_version,
-            smtp_code=sent.reply.code if sent.reply else None,
-            smtp_reply=sent.reply.line if sent.reply else None,
-        )
-        await self._record_simple(claim, attempt, sent.outcome, sent.reason)
+        await self._record_simple(claim, _sent_attempt(sent, now), sent.outcome, sent.reason)
 
     async def _latest_subject(self, conversation_id: int) -> str | None:
         async with self.store.session() as session:
@@ -328,17 +324,7 @@ class Worker:
         content = queue.open_content(self.keyring, claim.message)
         now = queue.utcnow()
         sent = await send_opportunistic(job.recipient, content, self.settings, self.resolver)
-        attempt = Attempt(
-            at=now,
-            outcome=sent.outcome,
-            reason=sent.reason,
-            mx_host=sent.mx_host,
-            mx_ip=sent.mx_ip,
-            tls_version=sent.tls_version,
-            smtp_code=sent.reply.code if sent.reply else None,
-            smtp_reply=sent.reply.line if sent.reply else None,
-        )
-        await self._record_simple(claim, attempt, sent.outcome, sent.reason)
+        await self._record_simple(claim, _sent_attempt(sent, now), sent.outcome, sent.reason)
 
     async def _via_relay(
         self, claim: queue.Claim, mail_from: str, data: bytes, now: datetime
@@ -384,6 +370,19 @@ class Worker:
                     job.reason = f"queue lifetime expired; last error: {reason}"
 
         await self.store.write(record)
+
+
+def _sent_attempt(sent: SendResult, now: datetime) -> Attempt:
+    return Attempt(
+        at=now,
+        outcome=sent.outcome,
+        reason=sent.reason,
+        mx_host=sent.mx_host,
+        mx_ip=sent.mx_ip,
+        tls_version=sent.tls_version,
+        smtp_code=sent.reply.code if sent.reply else None,
+        smtp_reply=sent.reply.line if sent.reply else None,
+    )
 
 
 def _dsn_status(last: Attempt | None) -> str:

@@ -48,6 +48,16 @@ def _text(form_value: object, limit: int) -> str:
     return form_value[: limit + 1]
 
 
+async def new_password(
+    portal: Portal, request: Request, visitor: Visitor, address: str
+) -> tuple[str, list[str]]:
+    """The new password a form proposes, and what is wrong with it (translated)."""
+    form = await portal.form(request, visitor)
+    password = _text(form.get("password"), MAX_LENGTH * 4)
+    confirm = _text(form.get("password_confirm"), MAX_LENGTH * 4)
+    return password, problem_messages(visitor, check_new_password(password, confirm, address))
+
+
 def routes(portal: Portal) -> list[Route]:
     async def home(request: Request) -> Response:
         visitor = await portal.visitor(request)
@@ -75,17 +85,10 @@ def routes(portal: Portal) -> list[Route]:
             return portal.redirect(visitor, f"/login?next={target}")
         if request.method == "GET":
             return portal.render(visitor, "register.html", address=found.recipient, errors=[])
-        form = await portal.form(request, visitor)
-        password = _text(form.get("password"), MAX_LENGTH * 4)
-        confirm = _text(form.get("password_confirm"), MAX_LENGTH * 4)
-        problems = check_new_password(password, confirm, found.recipient)
-        if problems:
+        password, errors = await new_password(portal, request, visitor, found.recipient)
+        if errors:
             return portal.render(
-                visitor,
-                "register.html",
-                status=400,
-                address=found.recipient,
-                errors=problem_messages(visitor, problems),
+                visitor, "register.html", status=400, address=found.recipient, errors=errors
             )
         cookie = await portal.accounts.register(found.recipient, password, visitor.client, now)
         if cookie is None:  # created meanwhile (another tab, another link)
@@ -175,17 +178,10 @@ def routes(portal: Portal) -> list[Route]:
             )
         if request.method == "GET":
             return portal.render(visitor, "reset.html", address=account.address, errors=[])
-        form = await portal.form(request, visitor)
-        password = _text(form.get("password"), MAX_LENGTH * 4)
-        confirm = _text(form.get("password_confirm"), MAX_LENGTH * 4)
-        problems = check_new_password(password, confirm, account.address)
-        if problems:
+        password, errors = await new_password(portal, request, visitor, account.address)
+        if errors:
             return portal.render(
-                visitor,
-                "reset.html",
-                status=400,
-                address=account.address,
-                errors=problem_messages(visitor, problems),
+                visitor, "reset.html", status=400, address=account.address, errors=errors
             )
         if await portal.accounts.reset(token, password, visitor.client, now) is None:
             raise HTTPException(404)
