@@ -164,6 +164,23 @@ class PortalHarness:
                 found.append(queue.open_content(self.keyring, message))
         return found
 
+    async def wait_for_mail(self, kind: JobKind, recipient: str, count: int) -> list[bytes]:
+        """Mail queued after a response has gone out (a background task), once it is there."""
+        for _ in range(200):
+            found = await self.mail(kind, recipient)
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.025)
+        raise TimeoutError(f"{count} {kind} mail(s) to {recipient} never queued")
+
+    async def wait_for_audit(self, action: str, count: int) -> list[AuditEvent]:
+        for _ in range(200):
+            found = await self.audit(action)
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.025)
+        raise TimeoutError(f"{count} {action} audit entries never written")
+
     def app_state(self) -> Portal:
         return self.portal
 

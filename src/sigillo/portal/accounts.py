@@ -148,9 +148,20 @@ class Accounts:
         self, address: str, client: str, now: datetime
     ) -> tuple[Account, str] | None:
         """A fresh reset token for the address's account, or None (no account, or too many
-        links already sent this hour). The caller mails it; the page says the same either way."""
+        links already sent this hour). The caller mails it; the page says the same either way.
+        Every request is audited, so someone probing for accounts shows up in the log."""
         account = await self.find(address)
         if account is None:
+            await self.store.write(
+                lambda s: audit.record(
+                    s,
+                    "portal.reset_requested",
+                    actor=address,
+                    at=now,
+                    client=client,
+                    details={"account": False},
+                )
+            )
             return None
         account_id = account.id
         token, digest = new_token()
@@ -165,6 +176,14 @@ class Accounts:
                 )
             ).scalar_one()
             if recent >= RESETS_PER_HOUR:
+                audit.record(
+                    session,
+                    "portal.reset_requested",
+                    actor=address,
+                    at=now,
+                    client=client,
+                    details={"account": True, "mailed": False},
+                )
                 return False
             session.add(
                 PasswordReset(
@@ -175,7 +194,14 @@ class Accounts:
                     used=False,
                 )
             )
-            audit.record(session, "portal.reset_requested", actor=address, at=now, client=client)
+            audit.record(
+                session,
+                "portal.reset_requested",
+                actor=address,
+                at=now,
+                client=client,
+                details={"account": True, "mailed": True},
+            )
             return True
 
         return (account, token) if await self.store.write(write) else None

@@ -3,6 +3,7 @@ forgotten and changed passwords, the language switch."""
 
 from __future__ import annotations
 
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -141,8 +142,11 @@ def routes(portal: Portal) -> list[Route]:
         form = await portal.form(request, visitor)
         email = normalise_address(_text(form.get("email"), MAX_ADDRESS))
         now = utcnow()
-        issued = await portal.accounts.request_reset(email, visitor.client, now) if email else None
-        if issued is not None:
+
+        async def mail_a_link() -> None:
+            issued = await portal.accounts.request_reset(email, visitor.client, now)
+            if issued is None:
+                return
             account, token = issued
             link = f"{portal.settings.portal.base_url}/reset/{token}"
             await portal.outbox.send(
@@ -156,8 +160,13 @@ def routes(portal: Portal) -> list[Route]:
                 ).format(link=link),
                 now,
             )
-        # The same answer whether or not the address has an account.
-        return portal.render(visitor, "forgot.html", sent=True)
+
+        # The same answer whether or not the address has an account, and as fast: the link is
+        # looked up and mailed after the page has gone out.
+        response = portal.render(visitor, "forgot.html", sent=True)
+        if email:
+            response.background = BackgroundTask(mail_a_link)
+        return response
 
     async def reset(request: Request) -> Response:
         visitor = await portal.visitor(request)
