@@ -10,8 +10,9 @@ import structlog
 
 def configure(level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
-    # aiosmtpd and asyncio log every connection at INFO; keep their warnings only.
-    for noisy in ("mail.log", "asyncio", "uvicorn.access"):
+    # aiosmtpd and asyncio log every connection at INFO, alembic and uvicorn their start-up
+    # in plain text: keep their warnings only, so the stream stays JSON lines.
+    for noisy in ("mail.log", "asyncio", "uvicorn.access", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[

@@ -59,6 +59,7 @@ async def serve(settings: Settings, roles: Iterable[str]) -> None:
     keyring = Keyring.load_or_create(settings.storage.key_file)
     if settings.storage.auto_migrate:
         await migrate.upgrade(store)
+        log.info("schema_ready", revision=(await migrate.revision(store))[0])
     else:
         current, head = await migrate.revision(store)
         if current != head:

@@ -168,6 +168,9 @@ def test_serve_on_embedded_defaults(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+    # The log stream is JSON lines only, start-up of the migrations and the web server included.
+    events = [json.loads(line) for line in err.decode().splitlines()]
+    assert {"schema_ready", "serving", "stopping"} <= {e["event"] for e in events}
     assert (tmp_path / "var" / "sigillo.db").is_file()
     keys = tmp_path / "var" / "sigillo.keys"
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
