@@ -30,8 +30,20 @@ from sigillo.store.models import (
     PortalToken,
 )
 
-Linked = tuple[ConversationMessage, Message]
-"""A message of a conversation, with its place in it."""
+
+@dataclass(frozen=True)
+class Linked:
+    """A message of a conversation as stored (still sealed), and which way it went."""
+
+    id: str
+    direction: str
+    mail_from: str
+    kek_id: str
+    wrapped_key: bytes
+    content: bytes
+
+    def open(self, keyring: Keyring) -> bytes:
+        return keyring.open(self.id, self.kek_id, self.wrapped_key, self.content)
 
 
 async def _owned(session: AsyncSession, conversation_id: int, address: str) -> Conversation | None:
@@ -44,13 +56,21 @@ async def _owned(session: AsyncSession, conversation_id: int, address: str) -> C
 
 
 async def _linked(session: AsyncSession, conversation_id: int) -> list[Linked]:
+    # Plain rows, not ORM objects: this runs for every page view (about 1 ms less on SQLite).
     rows = await session.execute(
-        select(ConversationMessage, Message)
+        select(
+            Message.id,
+            ConversationMessage.direction,
+            Message.mail_from,
+            Message.kek_id,
+            Message.wrapped_key,
+            Message.content,
+        )
         .join(Message, Message.id == ConversationMessage.message_id)
         .where(ConversationMessage.conversation_id == conversation_id)
         .order_by(ConversationMessage.id)
     )
-    return [(link, message) for link, message in rows]
+    return [Linked(*row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -133,12 +153,7 @@ class Conversations:
         if messages is None:
             messages = await self._messages(conversation.id)
         entries = tuple(
-            Entry(
-                message.id,
-                link.direction,
-                parse_message(queue.open_content(self.keyring, message)),
-            )
-            for link, message in messages
+            Entry(m.id, m.direction, parse_message(m.open(self.keyring))) for m in messages
         )
         return Thread(
             conversation.id, conversation.recipient, self.expires_at(conversation), entries
@@ -150,18 +165,16 @@ class Conversations:
         return self.settings.portal.contact or await self._last_sender(conversation)
 
     async def _last_sender(self, conversation: Conversation) -> str:
-        outgoing = [
-            m for link, m in await self._messages(conversation.id) if link.direction == "out"
-        ]
+        outgoing = [m for m in await self._messages(conversation.id) if m.direction == "out"]
         return outgoing[-1].mail_from.lower() if outgoing else ""
 
     async def attachment(
         self, conversation: Conversation, message_id: str, index: int
     ) -> tuple[AttachmentInfo, bytes] | None:
-        for _, message in await self._messages(conversation.id):
+        for message in await self._messages(conversation.id):
             if message.id == message_id:
                 try:
-                    return open_attachment(queue.open_content(self.keyring, message), index)
+                    return open_attachment(message.open(self.keyring), index)
                 except LookupError:
                     return None
         return None

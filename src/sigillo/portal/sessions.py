@@ -75,21 +75,24 @@ class Sessions:
         async with self.store.session() as session:
             row = (
                 await session.execute(
-                    select(PortalSession, Account.address)
+                    select(
+                        PortalSession.account_id,
+                        PortalSession.created_at,
+                        PortalSession.last_seen_at,
+                        Account.address,
+                    )
                     .join(Account, Account.id == PortalSession.account_id)
                     .where(PortalSession.id_hash == digest)
                 )
             ).first()
         if row is None:
             return Lookup(None, expired=False, touch=False)
-        stored, address = row
-        if now - stored.last_seen_at >= IDLE_TIMEOUT or now - stored.created_at >= (
-            ABSOLUTE_TIMEOUT
-        ):
+        account_id, created_at, last_seen_at, address = row
+        if now - last_seen_at >= IDLE_TIMEOUT or now - created_at >= ABSOLUTE_TIMEOUT:
             await self.store.write(lambda s: end(s, digest))
             return Lookup(None, expired=True, touch=False)
-        user = SignedIn(stored.account_id, address, digest)
-        return Lookup(user, expired=False, touch=now - stored.last_seen_at >= TOUCH_AFTER)
+        user = SignedIn(account_id, address, digest)
+        return Lookup(user, expired=False, touch=now - last_seen_at >= TOUCH_AFTER)
 
     async def touch(self, user: SignedIn, now: datetime) -> None:
         def write(session: Session) -> None:
