@@ -6,6 +6,7 @@ portal starts, so the repository holds no generated binaries.
 
 from __future__ import annotations
 
+import functools
 import gettext
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,6 +60,14 @@ def negotiate(accept_language: str | None, default: str) -> str:
     return default
 
 
+@functools.cache
+def _locale(lang: str) -> Locale:
+    try:
+        return Locale.parse(lang)
+    except (ValueError, UnknownLocaleError):
+        return Locale.parse("en")
+
+
 @dataclass(frozen=True)
 class Formats:
     """Dates and sizes as a reader of ``lang`` expects them."""
@@ -68,10 +77,7 @@ class Formats:
 
     @property
     def locale(self) -> Locale:
-        try:
-            return Locale.parse(self.lang)
-        except (ValueError, UnknownLocaleError):
-            return Locale.parse("en")
+        return _locale(self.lang)
 
     def datetime(self, value: datetime | None) -> str:
         if value is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from sigillo.store.models import AuditEvent
@@ -25,8 +26,10 @@ def record(
     message_id: str | None = None,
     details: dict[str, object] | None = None,
 ) -> None:
-    session.add(
-        AuditEvent(
+    # A plain INSERT: every page view writes one, and nothing reads it back, so it needs no
+    # unit-of-work bookkeeping.
+    session.execute(
+        insert(AuditEvent).values(
             at=at,
             actor=actor or "-",
             action=action,
