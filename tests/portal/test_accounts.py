@@ -318,3 +318,15 @@ async def test_registering_an_existing_address_changes_nothing(portal: PortalHar
     assert await accounts.register(ANNA, GOOD_PASSWORD, "127.0.0.1", now) is not None
     assert await accounts.register(ANNA, "a different passphrase", "127.0.0.1", now) is None
     assert (await portal.client().login(ANNA)).status_code == 303
+
+
+async def test_reset_links_are_limited_to_three_an_hour(portal: PortalHarness) -> None:
+    """Nobody can mail-bomb an address through the forgotten-password page."""
+    seeded = await portal.seed(ANNA)
+    await portal.client().register(seeded.token)
+    for _ in range(4):
+        await portal.client().submit("/forgot", email=ANNA)
+    requests = await portal.wait_for_audit("portal.reset_requested", 4)
+    assert [(e.details or {})["mailed"] for e in requests] == [True, True, True, False]
+    resets = [m for m in await portal.wait_for_mail(JobKind.MAIL, ANNA, 3) if b"/reset/" in m]
+    assert len(resets) == 3

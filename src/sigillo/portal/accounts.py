@@ -167,6 +167,8 @@ class Accounts:
         token, digest = new_token()
 
         def write(session: Session) -> bool:
+            # Locked so that concurrent requests count each other's links (PostgreSQL).
+            session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
             recent = session.execute(
                 select(func.count())
                 .select_from(PasswordReset)
@@ -175,34 +177,26 @@ class Accounts:
                     PasswordReset.created_at > now - timedelta(hours=1),
                 )
             ).scalar_one()
-            if recent >= RESETS_PER_HOUR:
-                audit.record(
-                    session,
-                    "portal.reset_requested",
-                    actor=address,
-                    at=now,
-                    client=client,
-                    details={"account": True, "mailed": False},
+            mailed = recent < RESETS_PER_HOUR
+            if mailed:
+                session.add(
+                    PasswordReset(
+                        token_hash=digest,
+                        account_id=account_id,
+                        created_at=now,
+                        expires_at=now + RESET_VALIDITY,
+                        used=False,
+                    )
                 )
-                return False
-            session.add(
-                PasswordReset(
-                    token_hash=digest,
-                    account_id=account_id,
-                    created_at=now,
-                    expires_at=now + RESET_VALIDITY,
-                    used=False,
-                )
-            )
             audit.record(
                 session,
                 "portal.reset_requested",
                 actor=address,
                 at=now,
                 client=client,
-                details={"account": True, "mailed": True},
+                details={"account": True, "mailed": mailed},
             )
-            return True
+            return mailed
 
         return (account, token) if await self.store.write(write) else None
 
