@@ -104,10 +104,8 @@ class Accounts:
     ) -> SignInResult:
         if await throttle.locked(self.store, address, client, now):
             # Refused before the password is looked at: the right one does not help.
-            await self.store.write(
-                lambda s: audit.record(
-                    s, "portal.login_refused", actor=address, at=now, client=client
-                )
+            await audit.log(
+                self.store, "portal.login_refused", actor=address, at=now, client=client
             )
             return SignInResult(SignIn.LOCKED)
         account = await self.find(address)
@@ -152,15 +150,13 @@ class Accounts:
         Every request is audited, so someone probing for accounts shows up in the log."""
         account = await self.find(address)
         if account is None:
-            await self.store.write(
-                lambda s: audit.record(
-                    s,
-                    "portal.reset_requested",
-                    actor=address,
-                    at=now,
-                    client=client,
-                    details={"account": False},
-                )
+            await audit.log(
+                self.store,
+                "portal.reset_requested",
+                actor=address,
+                at=now,
+                client=client,
+                details={"account": False},
             )
             return None
         account_id = account.id

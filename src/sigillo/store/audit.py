@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from sigillo.store.db import Store
 from sigillo.store.models import AuditEvent
 
 
@@ -34,6 +35,32 @@ def record(
             actor=actor or "-",
             action=action,
             client_address=client,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            details=details,
+        )
+    )
+
+
+async def log(
+    store: Store,
+    action: str,
+    *,
+    actor: str,
+    at: datetime,
+    client: str | None = None,
+    conversation_id: int | None = None,
+    message_id: str | None = None,
+    details: dict[str, object] | None = None,
+) -> None:
+    """An entry in a transaction of its own, for an access that changes nothing else."""
+    await store.write(
+        lambda session: record(
+            session,
+            action,
+            actor=actor,
+            at=at,
+            client=client,
             conversation_id=conversation_id,
             message_id=message_id,
             details=details,

@@ -73,23 +73,20 @@ def routes(portal: Portal) -> list[Route]:
         if portal.conversations.expired(conversation, now):
             return await portal.expired(visitor, conversation)
         thread = await portal.conversations.thread(conversation, messages)
-        address, conversation_id = user.address, conversation.id
-        await portal.store.write(
-            lambda s: audit.record(
-                s,
-                "portal.view",
-                actor=address,
-                at=now,
-                client=visitor.client,
-                conversation_id=conversation_id,
-            )
+        await audit.log(
+            portal.store,
+            "portal.view",
+            actor=user.address,
+            at=now,
+            client=visitor.client,
+            conversation_id=conversation.id,
         )
         notice = request.query_params.get("sent")
         return portal.render(
             visitor,
             "conversation.html",
             status=400 if errors else 200,
-            here=f"/conversations/{conversation_id}",
+            here=f"/conversations/{conversation.id}",
             thread=thread,
             errors=errors or [],
             sent=notice == "1",
@@ -162,18 +159,15 @@ def routes(portal: Portal) -> list[Route]:
         if found is None:
             raise HTTPException(404)
         info, data = found
-        address, conversation_id = user.address, conversation.id
-        await portal.store.write(
-            lambda s: audit.record(
-                s,
-                "portal.download",
-                actor=address,
-                at=now,
-                client=visitor.client,
-                conversation_id=conversation_id,
-                message_id=message_id,
-                details={"attachment": index, "size": len(data)},
-            )
+        await audit.log(
+            portal.store,
+            "portal.download",
+            actor=user.address,
+            at=now,
+            client=visitor.client,
+            conversation_id=conversation.id,
+            message_id=message_id,
+            details={"attachment": index, "size": len(data)},
         )
         # Never rendered by the browser: a download, whatever the sender declared.
         response = Response(data, media_type="application/octet-stream")
