@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from sqlalchemy import func, select
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sigillo import logs
-from sigillo.config import ConfigError, Settings, load_settings
-from sigillo.store.crypto import KeyringError
-from sigillo.store.db import Store, StoreUnavailable
+from sigillo.commands import audit, keys, staff, subject
+from sigillo.commands.common import (
+    ConfigOption,
+    JsonOption,
+    emit,
+    fail,
+    open_store,
+    run,
+    settings_from,
+)
+from sigillo.store.db import Store
 from sigillo.store.models import Attempt, Job, JobState, Message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -26,41 +29,10 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 message_app = typer.Typer(no_args_is_help=True, help="Accepted messages.")
 app.add_typer(db_app, name="db")
 app.add_typer(message_app, name="message")
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML config (default ./sigillo.toml)")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
-T = TypeVar("T")
-
-
-def fail(message: str, code: int = 1) -> None:
-    typer.echo(f"sigillo: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def settings_from(path: Path | None) -> Settings:
-    try:
-        return load_settings(path)
-    except ConfigError as exc:
-        fail(str(exc), 2)
-        raise  # unreachable; fail() exits
-
-
-def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine, turning operational failures into one clear line (no traceback)."""
-    try:
-        return asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except StoreUnavailable as exc:
-        fail(str(exc))
-    except (OperationalError, DBAPIError, ConnectionRefusedError) as exc:
-        first = str(getattr(exc, "orig", exc) or exc).splitlines()[0]
-        fail(f"database unavailable: {first}")
-    except KeyringError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(str(exc))
-    raise AssertionError("unreachable")
+app.add_typer(audit.app, name="audit")
+app.add_typer(keys.app, name="keys")
+app.add_typer(staff.app, name="staff")
+app.add_typer(subject.app, name="subject")
 
 
 @app.command()
@@ -99,25 +71,6 @@ def db_upgrade(config: ConfigOption = None) -> None:
 
     current, _ = run(go)
     typer.echo(f"database at revision {current}")
-
-
-async def open_store(settings: Settings) -> Store:
-    """A store whose schema matches this code, or a clear instruction to the operator."""
-    from sigillo.store import migrate
-
-    store = Store(settings.storage.database_url)
-    try:
-        current, head = await migrate.revision(store)
-    except BaseException:
-        await store.close()
-        raise
-    if current != head:
-        await store.close()
-        raise StoreUnavailable(
-            f"database schema is at {current or 'nothing'}, this sigillo needs {head}: "
-            "run 'sigillo db upgrade'"
-        )
-    return store
 
 
 def _attempt_dict(a: Attempt) -> dict[str, Any]:
@@ -171,16 +124,6 @@ async def _jobs_with_attempts(store: Store, *where: Any) -> list[dict[str, Any]]
     return [_job_dict(j, attempts[j.id]) for j in jobs]
 
 
-def _emit(data: Any, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(data, indent=2, sort_keys=False))
-        return
-    from rich.console import Console
-    from rich.pretty import Pretty
-
-    Console().print(Pretty(data))
-
-
 @message_app.command("show")
 def message_show(message_id: str, config: ConfigOption = None, json_: JsonOption = False) -> None:
     """Envelope and per-recipient delivery records of one message (never its content)."""
@@ -209,7 +152,7 @@ def message_show(message_id: str, config: ConfigOption = None, json_: JsonOption
     data = run(go)
     if data is None:
         fail(f"no message {message_id}")
-    _emit(data, json_)
+    emit(data, json_)
 
 
 @app.command("queue")
@@ -236,7 +179,7 @@ def queue_cmd(
         finally:
             await store.close()
 
-    _emit(run(go), json_)
+    emit(run(go), json_)
 
 
 @app.command()
@@ -265,7 +208,7 @@ def probe(domain: str, config: ConfigOption = None, json_: JsonOption = False) -
             "trail": result.trail,
         }
 
-    _emit(run(go), json_)
+    emit(run(go), json_)
 
 
 def main() -> None:

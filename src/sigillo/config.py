@@ -236,6 +236,27 @@ class PhishingSettings(_Section):
     report_address: str = "phish-report@org.example"
 
 
+class RetentionSettings(_Section):
+    delivered_content: Duration = timedelta(days=7)
+    """Content of a message none of whose copies went to the portal is destroyed this long
+    after its last copy reached a final state (delivered over TLS or bounced). Portal
+    conversations follow ``[portal] message_ttl_days`` or their domain's console policy."""
+    interval: Duration = timedelta(days=1)
+    """How often ``serve`` (worker role) runs the retention job; it also runs at start."""
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: timedelta) -> timedelta:
+        if value < timedelta(minutes=1):
+            raise ValueError("retention interval must be at least 1m")
+        return value
+
+
+class StaffSettings(_Section):
+    enrolment_valid: Duration = timedelta(days=3)
+    """How long the link printed by ``sigillo staff add`` can be used."""
+
+
 class StorageSettings(_Section):
     database_url: str = "sqlite:///var/sigillo.db"
     key_file: Path = Path("var/sigillo.keys")
@@ -261,6 +282,8 @@ class Settings(BaseSettings):
     portal: PortalSettings = PortalSettings()
     notify: NotifySettings = NotifySettings()
     phishing: PhishingSettings = PhishingSettings()
+    retention: RetentionSettings = RetentionSettings()
+    staff: StaffSettings = StaffSettings()
     storage: StorageSettings = StorageSettings()
 
     model_config = SettingsConfigDict(

@@ -122,7 +122,6 @@ from sigillo.store.crypto import Keyring  # noqa: E402
 from sigillo.store.db import Store  # noqa: E402
 from sigillo.store.models import (  # noqa: E402
     Account,
-    AuditEvent,
     Conversation,
     ConversationMessage,
     LoginThrottle,
@@ -577,7 +576,7 @@ async def fresh_sessions(store: Store, rng: random.Random) -> list[Target]:
             }
         )
     async with store.engine.begin() as conn:
-        for table in (PortalSession, AuditEvent, LoginThrottle):
+        for table in (PortalSession, LoginThrottle):
             await conn.execute(delete(table))
         if sessions:
             await conn.execute(insert(PortalSession), sessions)

@@ -7,10 +7,12 @@ there is no level that lets content travel in plaintext. ``portal`` means "do no
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
 from sigillo.config import DeliverySettings, TLSLevel
+from sigillo.policies import nearest
 
 
 class Level(IntEnum):
@@ -39,17 +41,18 @@ class Policy:
     """What decided the level: ``default`` or the matching ``[delivery.domains]`` key."""
 
 
-def policy_for(domain: str, settings: DeliverySettings) -> Policy:
-    """Exact domain first, then ``.parent`` entries from the nearest parent up (Postfix order)."""
+def policy_for(
+    domain: str, settings: DeliverySettings, console: Mapping[str, TLSLevel] | None = None
+) -> Policy:
+    """The config file's ``[delivery.domains]`` first, then the console's domain policies,
+    then ``default_tls``; within each, the nearest match (see ``policies.nearest``)."""
     domain = domain.lower().rstrip(".")
-    overrides = settings.domains
-    if domain in overrides:
-        return Policy(domain, Level.parse(overrides[domain]), domain)
-    labels = domain.split(".")
-    for i in range(1, len(labels)):
-        key = "." + ".".join(labels[i:])
-        if key in overrides:
-            return Policy(domain, Level.parse(overrides[key]), key)
+    key = nearest(domain, settings.domains)
+    if key is not None:
+        return Policy(domain, Level.parse(settings.domains[key]), key)
+    key = nearest(domain, console or {})
+    if console and key is not None:
+        return Policy(domain, Level.parse(console[key]), f"console:{key}")
     return Policy(domain, Level.parse(settings.default_tls), "default")
 
 

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -172,6 +173,15 @@ class Conversation(Base):
     recipient: Mapped[str] = mapped_column(String(320), index=True)
     created_at: Mapped[datetime]
     last_message_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    """A date set by staff; otherwise the conversation expires its retention period after
+    ``last_message_at`` (see ``sigillo.policies``)."""
+    withdrawn_at: Mapped[datetime | None]
+    """Recalled by the sender: the recipient sees that it was withdrawn, never its content."""
+    withdrawn_by: Mapped[str | None] = mapped_column(String(320))
+    shredded_at: Mapped[datetime | None]
+    """When its content was destroyed (retention, withdrawal or erasure): the messages' data
+    keys and rows are gone, only this envelope row stays."""
 
 
 class ConversationMessage(Base):
@@ -249,11 +259,17 @@ class LoginThrottle(Base):
 
 class AuditEvent(Base):
     """Who did what to which personal data, when and from where. Never content, never
-    passwords."""
+    passwords. Append-only (database triggers refuse UPDATE and DELETE) and hash-chained:
+    ``hash`` covers this entry and ``prev_hash``, so an edit, a deletion or a reordering
+    breaks the chain at the first entry touched (``sigillo audit verify``)."""
 
     __tablename__ = "audit_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    """Position in the chain: 1, 2, 3... without gaps."""
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime]
     actor: Mapped[str] = mapped_column(String(320))
     """The address or staff account acting; ``-`` when unknown."""
@@ -262,3 +278,93 @@ class AuditEvent(Base):
     conversation_id: Mapped[int | None] = mapped_column(Integer, index=True)
     message_id: Mapped[str | None] = mapped_column(String(32))
     details: Mapped[dict[str, object] | None] = mapped_column(JSON)
+
+
+class AuditHead(Base):
+    """The chain's last entry, one row. Writers lock it to append (so entries from every
+    process form one chain), and a deleted tail shows as a head the entries do not reach."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class StaffRole(enum.StrEnum):
+    ADMIN = "admin"
+    """Staff accounts, domain policies, retention. No content."""
+    OPERATOR = "operator"
+    """Queue, delivery records, TLS outcomes; retry, hold, bounce. No content."""
+    AUDITOR = "auditor"
+    """Reads and exports the audit log. No content."""
+    AGENT = "agent"
+    """Opens a conversation's content after stating a purpose, each time; withdraws
+    conversations and changes their expiry."""
+
+
+class StaffAccount(Base):
+    """A member of staff using the console. Password and TOTP are both required to sign in."""
+
+    __tablename__ = "staff_accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    """Lower-cased."""
+    roles: Mapped[str] = mapped_column(String(64))
+    """Comma-separated ``StaffRole`` values, e.g. ``admin,agent``."""
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    """argon2id; None until the person has used their enrolment link."""
+    totp_kek_id: Mapped[str | None] = mapped_column(String(32))
+    totp_wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    totp_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The TOTP secret sealed like message content (``Keyring.seal`` with associated data
+    ``staff-totp:<id>``), so a copy of the database alone yields no second factor."""
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    """The last accepted TOTP time step: a code is never accepted twice."""
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(320))
+    enrolled_at: Mapped[datetime | None]
+    disabled_at: Mapped[datetime | None]
+    last_login_at: Mapped[datetime | None]
+
+
+class StaffEnrolment(Base):
+    """A single-use enrolment link from ``sigillo staff add``. Only its SHA-256 is stored."""
+
+    __tablename__ = "staff_enrolments"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff_accounts.id"), index=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class StaffSession(Base):
+    """A signed-in console browser. Only the SHA-256 of the cookie value is stored."""
+
+    __tablename__ = "staff_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff_accounts.id"), index=True)
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    client_address: Mapped[str] = mapped_column(String(64))
+
+
+class DomainPolicy(Base):
+    """A recipient domain's policy set in the console: TLS level and how long its portal
+    conversations are kept. ``[delivery.domains]`` in the config file wins over ``tls``."""
+
+    __tablename__ = "domain_policies"
+
+    domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    """``example.com`` exactly, or ``.example.com`` for its subdomains."""
+    tls: Mapped[str | None] = mapped_column(String(16))
+    """``verify``, ``encrypt`` or ``portal``; None keeps the configured default."""
+    retention_days: Mapped[int | None] = mapped_column(Integer)
+    """Days a portal conversation is kept after its last message; None: ``[portal]
+    message_ttl_days``."""
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(320))

@@ -1,0 +1,1 @@
+"""``sigillo`` subcommands, one module per area; ``sigillo.cli`` assembles them."""

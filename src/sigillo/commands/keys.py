@@ -1,0 +1,7 @@
+"""``sigillo keys``: key-encryption keys."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Key-encryption keys.")

@@ -1,0 +1,7 @@
+"""``sigillo staff``: staff console accounts."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Staff console accounts.")
