@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -78,3 +79,13 @@ def emit(data: Any, as_json: bool) -> None:
     from rich.pretty import Pretty
 
     Console().print(Pretty(data))
+
+
+def cli_actor() -> str:
+    """Who runs an operation from the command line, as the audit log names them."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid={os.getuid()}"
