@@ -7,7 +7,7 @@ import signal
 import socket
 import sys
 from collections.abc import Generator, Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import structlog
 import uvicorn
@@ -15,6 +15,7 @@ import uvicorn
 from sigillo.config import Settings
 from sigillo.gateway.listener import start_listener
 from sigillo.gateway.worker import Worker
+from sigillo.lifecycle import run_retention
 from sigillo.portal.app import create_app
 from sigillo.store import migrate
 from sigillo.store.crypto import Keyring
@@ -49,6 +50,26 @@ def portal_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+async def retention_job(settings: Settings, store: Store, stop: asyncio.Event) -> None:
+    """The retention job: at start, then every ``[retention] interval`` until ``stop``. A
+    failed run (the database away) is logged and the next one tries again."""
+    interval = settings.retention.interval.total_seconds()
+    while not stop.is_set():
+        try:
+            report = await run_retention(store, settings, stop=stop)
+        except Exception as exc:
+            log.error("retention_failed", error=(str(exc) or repr(exc)).splitlines()[0])
+        else:
+            log.info(
+                "retention_done",
+                **report.counts(),
+                wal_truncated=report.wal_truncated,
+                complete=report.complete,
+            )
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
 async def serve(settings: Settings, roles: Iterable[str]) -> None:
     roles = set(roles)
     # The event loop, the commit thread and the database reader threads pass the GIL back
@@ -80,6 +101,7 @@ async def serve(settings: Settings, roles: Iterable[str]) -> None:
         smtp_server = await start_listener(settings, store, keyring, on_queued)
     if worker is not None:
         tasks.append(asyncio.create_task(worker.run(stop)))
+        tasks.append(asyncio.create_task(retention_job(settings, store, stop)))
     portal = None
     if "portal" in roles:
         host, port = settings.portal.listen_address

@@ -43,3 +43,23 @@ def test_contexts_enforce_version_and_verification() -> None:
     encrypt = client_context(Level.ENCRYPT, settings(min_tls_version="1.3"))
     assert encrypt.verify_mode == ssl.CERT_NONE
     assert encrypt.minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+async def test_console_portal_policy_sends_content_to_the_portal_without_connecting() -> None:
+    from sigillo.config import DNSSettings
+    from sigillo.gateway.delivery import Deliverer, Outcome
+    from sigillo.gateway.mx import MXResolver
+
+    # No nameserver answers on port 9: a lookup would fail, so PORTAL proves none was made.
+    resolver = MXResolver(DNSSettings.model_validate({"nameservers": ["127.0.0.1:9"]}))
+    deliverer = Deliverer(settings(domains={"file.test": "verify"}), resolver, "gw.test")
+    deliverer.console = {"console.test": "portal", "file.test": "portal"}
+    try:
+        result = await deliverer.deliver("console.test", "a@org.example", ["p@console.test"], b"x")
+        assert [r.outcome for r in result.results] == [Outcome.PORTAL]
+        assert result.policy.source == "console:console.test" and not result.trail
+        # The reviewed config file wins over a click in the console.
+        assert deliverer.policy("file.test").level is Level.VERIFY
+        assert deliverer.policy("file.test").source == "file.test"
+    finally:
+        await deliverer.close()

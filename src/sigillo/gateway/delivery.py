@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import enum
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
-from sigillo.config import DeliverySettings
+from sigillo.config import DeliverySettings, TLSLevel
 from sigillo.gateway.connections import ConnectionCache
 from sigillo.gateway.mx import MXResolver
 from sigillo.gateway.smtpclient import (
@@ -120,12 +120,16 @@ class Deliverer:
         self.helo = helo
         self.connections = ConnectionCache()
         self._contexts: dict[Level, ssl.SSLContext] = {}
+        self.console: Mapping[str, TLSLevel] = {}
+        """The staff console's TLS levels per domain (``DomainPolicies.tls()``); the config
+        file's ``[delivery.domains]`` still wins. Replaced whole by the worker's refresh."""
+
+    def policy(self, domain: str) -> Policy:
+        return policy_for(domain, self.settings, self.console)
 
     def timed_out(self, domain: str, recipients: Sequence[str], seconds: float) -> GroupResult:
         reason = f"delivery attempt exceeded {seconds:.0f}s; will retry"
-        return GroupResult(
-            policy_for(domain, self.settings), _all(recipients, Outcome.DEFERRED, reason, "4.4.7")
-        )
+        return GroupResult(self.policy(domain), _all(recipients, Outcome.DEFERRED, reason, "4.4.7"))
 
     async def _connect(self, mx_name: str, ip: str, level: Level) -> tuple[Session, TLSInfo]:
         """A new session with TLS at ``level``; raises SessionError or TLSFailure."""
@@ -157,7 +161,7 @@ class Deliverer:
         self, domain: str, mail_from: str, recipients: Sequence[str], content: bytes | None
     ) -> GroupResult:
         """Deliver ``content`` to ``recipients`` at ``domain`` (``None``: probe only)."""
-        policy = policy_for(domain, self.settings)
+        policy = self.policy(domain)
         if policy.level is Level.PORTAL:
             reason = f"domain policy is portal ({policy.source})"
             return GroupResult(policy, _all(recipients, Outcome.PORTAL, reason, "2.0.0"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.policy import default
@@ -33,6 +34,7 @@ from sigillo.notify import (
     send_notification,
     send_opportunistic,
 )
+from sigillo.policies import DomainPolicies
 from sigillo.portal.handoff import hand_off
 from sigillo.store.crypto import Keyring
 from sigillo.store.db import Store
@@ -48,6 +50,10 @@ from sigillo.store.models import (
 
 log = structlog.get_logger("sigillo.worker")
 
+POLICY_REFRESH = 30.0
+"""Seconds between reloads of the console's domain policies: a domain set to ``portal`` in
+the console stops receiving content over TLS within this long."""
+
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -62,6 +68,7 @@ class Worker:
         self.resolver = MXResolver(settings.dns)
         self.deliverer = Deliverer(settings.delivery, self.resolver, settings.smtp.hostname)
         self.wake = asyncio.Event()
+        self._policies_loaded = -POLICY_REFRESH
         self._tasks: set[asyncio.Task[None]] = set()
         """Claims being worked on; at most ``delivery.concurrency``."""
 
@@ -73,6 +80,8 @@ class Worker:
         poll = self.settings.delivery.poll_interval.total_seconds()
         while not stop.is_set():
             self.wake.clear()
+            if time.monotonic() - self._policies_loaded >= POLICY_REFRESH:
+                await self.refresh_policies()
             claimed = await self.poll_once()
             if claimed:
                 continue
@@ -85,6 +94,21 @@ class Worker:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.deliverer.close()
         log.info("worker_stopped", worker=self.name)
+
+    async def refresh_policies(self) -> None:
+        """Load the console's TLS policies into the deliverer. On a database error the last
+        snapshot stays in force (the config file's overrides never depend on the database)
+        and the load is tried again ``POLICY_REFRESH`` later."""
+        self._policies_loaded = time.monotonic()
+        try:
+            policies = await DomainPolicies.load(self.store)
+        except Exception as exc:  # a database outage must not stop deliveries under the file
+            log.error("policies_unavailable", error=str(exc).splitlines()[0])
+            return
+        tls = policies.tls()
+        if tls != self.deliverer.console:
+            log.info("tls_policies_loaded", domains=len(tls))
+        self.deliverer.console = tls
 
     async def poll_once(self) -> int:
         """Claim as many groups as there are free slots and start them; returns how many."""

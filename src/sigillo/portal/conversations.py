@@ -3,12 +3,20 @@
 Every read goes through ``owned``, which answers only for a conversation whose recipient is
 the signed-in address; the pages answer 404 for everything else, so another person's ids and
 guessed ids look exactly like ids that do not exist.
+
+A conversation closes when it expires (the date staff set, else its domain's retention from the
+console, else ``[portal] message_ttl_days`` after its last message), when the sender withdraws
+it, or once its content has been destroyed; a closed conversation shows no content and takes no
+reply.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
+from email.utils import parseaddr
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,6 +25,7 @@ from sqlalchemy.orm import Session
 from sigillo.config import Settings
 from sigillo.gateway import queue
 from sigillo.notify import token_hash
+from sigillo.policies import DomainPolicies
 from sigillo.portal.compose import Upload, build_copy, build_reply
 from sigillo.portal.mailview import AttachmentInfo, MessageView, open_attachment, parse_message
 from sigillo.store import audit
@@ -25,6 +34,7 @@ from sigillo.store.db import Store
 from sigillo.store.models import (
     Conversation,
     ConversationMessage,
+    DomainPolicy,
     JobKind,
     Message,
     PortalToken,
@@ -44,6 +54,14 @@ class Linked:
 
     def open(self, keyring: Keyring) -> bytes:
         return keyring.open(self.id, self.kek_id, self.wrapped_key, self.content)
+
+
+POLICY_REFRESH = 30.0
+"""Seconds a snapshot of the console's domain policies serves before it is read again."""
+
+
+class Closed(Exception):
+    """The conversation was withdrawn or its content destroyed meanwhile: nothing is stored."""
 
 
 async def _owned(session: AsyncSession, conversation_id: int, address: str) -> Conversation | None:
@@ -98,6 +116,15 @@ class Link:
 
 
 @dataclass(frozen=True)
+class Contact:
+    """Why a conversation shows no content, and whom its recipient should ask about it."""
+
+    reason: Literal["expired", "withdrawn"]
+    address: str
+    """Empty when nobody can be named: the page then says "the person who wrote to you"."""
+
+
+@dataclass(frozen=True)
 class ReplyDraft:
     body: str
     attachments: tuple[Upload, ...]
@@ -111,13 +138,35 @@ class Conversations:
         self.settings = settings
         self.store = store
         self.keyring = keyring
-        self.ttl = timedelta(days=settings.portal.message_ttl_days)
+        self.policies = DomainPolicies({})
+        self._policies_read = -POLICY_REFRESH
+
+    async def _refresh_policies(self, session: AsyncSession) -> None:
+        # Through the connection the page already holds; the table has a row per domain
+        # staff configured, and a snapshot serves every page for POLICY_REFRESH seconds.
+        if time.monotonic() - self._policies_read < POLICY_REFRESH:
+            return
+        rows = (await session.execute(select(DomainPolicy))).scalars().all()
+        self.policies = DomainPolicies({row.domain: row for row in rows})
+        self._policies_read = time.monotonic()
 
     def expires_at(self, conversation: Conversation) -> datetime:
-        return conversation.last_message_at + self.ttl
+        """When the conversation closed or will close (sync: the policy snapshot is read
+        when the conversation is looked up)."""
+        if conversation.withdrawn_at is not None:
+            return conversation.withdrawn_at
+        due = self.policies.expires_at(conversation, self.settings.portal.message_ttl_days)
+        if conversation.shredded_at is not None:
+            return min(due, conversation.shredded_at)
+        return due
 
     def expired(self, conversation: Conversation, now: datetime) -> bool:
-        return now >= self.expires_at(conversation)
+        """Closed: nothing of it is shown or accepted any more."""
+        return (
+            conversation.withdrawn_at is not None
+            or conversation.shredded_at is not None
+            or now >= self.expires_at(conversation)
+        )
 
     async def link(self, token: str) -> Link | None:
         async with self.store.session() as session:
@@ -131,6 +180,7 @@ class Conversations:
 
     async def owned(self, conversation_id: int, address: str) -> Conversation | None:
         async with self.store.session() as session:
+            await self._refresh_policies(session)
             return await _owned(session, conversation_id, address)
 
     async def owned_with_messages(
@@ -138,9 +188,12 @@ class Conversations:
     ) -> tuple[Conversation, list[Linked]] | None:
         """``owned`` and its messages through one connection (the page view's hot path)."""
         async with self.store.session() as session:
+            await self._refresh_policies(session)
             conversation = await _owned(session, conversation_id, address)
             if conversation is None:
                 return None
+            if self.expired(conversation, datetime.now(UTC)):
+                return conversation, []  # closed: its content is not even read
             return conversation, await _linked(session, conversation_id)
 
     async def _messages(self, conversation_id: int) -> list[Linked]:
@@ -159,10 +212,19 @@ class Conversations:
             conversation.id, conversation.recipient, self.expires_at(conversation), entries
         )
 
-    async def contact(self, conversation: Conversation) -> str:
-        """Whom the recipient of an expired conversation should contact. Read from the
-        envelope (kept in clear), so it still works once expired content is destroyed."""
-        return self.settings.portal.contact or await self._last_sender(conversation)
+    async def contact(self, conversation: Conversation) -> Contact:
+        """Why a closed conversation shows nothing, and whom its recipient should contact:
+        ``[portal] contact``, else for a withdrawn one the staff member who withdrew it, else
+        the sender of its last message while its envelope is still kept."""
+        reason: Literal["expired", "withdrawn"] = (
+            "withdrawn" if conversation.withdrawn_at is not None else "expired"
+        )
+        address = self.settings.portal.contact
+        if not address and conversation.withdrawn_by:
+            address = _address(conversation.withdrawn_by)
+        if not address:
+            address = await self._last_sender(conversation)
+        return Contact(reason, address)
 
     async def _last_sender(self, conversation: Conversation) -> str:
         outgoing = [m for m in await self._messages(conversation.id) if m.direction == "out"]
@@ -252,6 +314,11 @@ class Conversations:
         delivery = self.settings.delivery
 
         def write(session: Session) -> None:
+            # Under the row lock: a withdrawal or shredding that won the race keeps the
+            # reply out, rather than linking content to a conversation that has none.
+            current = session.get(Conversation, conversation_id, with_for_update=True)
+            if current is None or current.withdrawn_at or current.shredded_at:
+                raise Closed(conversation_id)
             session.add(stored)
             if copy is not None:
                 session.add(copy)
@@ -264,9 +331,7 @@ class Conversations:
                     added_at=now,
                 )
             )
-            current = session.get(Conversation, conversation_id)
-            if current is not None:
-                current.last_message_at = now
+            current.last_message_at = now
             session.add(
                 queue.new_job(
                     JobKind.RELAY,
@@ -306,3 +371,10 @@ class Conversations:
 
         await self.store.write(write)
         return reply_id
+
+
+def _address(actor: str) -> str:
+    """The mail address in an audit actor (``alice@org.example``, ``staff:alice@...``), or
+    empty when it names none."""
+    _, address = parseaddr(actor.rpartition(":")[2] if ":" in actor else actor)
+    return address.lower() if "@" in address else ""

@@ -1,7 +1,9 @@
 """The conversation: every message of one thread, attachments, and the reply form.
 
 Each handler first finds the conversation among the signed-in address's own; anything else
-is a 404, whether it belongs to someone else, never existed, or has expired.
+is a 404, whether it belongs to someone else, never existed, or has expired. A closed
+conversation (expired, withdrawn by the sender, or with its content destroyed) shows why and
+whom to contact; its attachments and the reply form answer 404.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from sigillo.portal.compose import Upload
-from sigillo.portal.conversations import ReplyDraft
+from sigillo.portal.conversations import Closed, ReplyDraft
 from sigillo.portal.mailview import content_disposition
 from sigillo.portal.pages.base import Portal, utcnow
 from sigillo.portal.sessions import SignedIn
@@ -135,7 +137,12 @@ def routes(portal: Portal) -> list[Route]:
                 "sent by ordinary email, so its security cannot be guaranteed."
             ),
         )
-        sent = await portal.conversations.reply(conversation, thread, draft, visitor.client, now)
+        try:
+            sent = await portal.conversations.reply(
+                conversation, thread, draft, visitor.client, now
+            )
+        except Closed:
+            raise HTTPException(404) from None
         if sent is None:
             return await show(
                 request,
