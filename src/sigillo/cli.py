@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sigillo import logs
 from sigillo.commands import audit, keys, staff, subject
@@ -21,7 +22,7 @@ from sigillo.commands.common import (
     run,
     settings_from,
 )
-from sigillo.store.db import Store
+from sigillo.store.db import Store, StoreUnavailable, database_exists
 from sigillo.store.models import Attempt, Job, JobState, Message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -187,14 +188,28 @@ def probe(domain: str, config: ConfigOption = None, json_: JsonOption = False) -
     """What the delivery worker would decide for DOMAIN right now (no mail is sent)."""
     from sigillo.gateway.delivery import Deliverer
     from sigillo.gateway.mx import MXResolver
+    from sigillo.policies import DomainPolicies
 
     settings = settings_from(config)
 
     async def go() -> dict[str, Any]:
         resolver = MXResolver(settings.dns)
-        result = await Deliverer(settings.delivery, resolver, settings.smtp.hostname).probe(
-            domain.lower().rstrip(".")
-        )
+        deliverer = Deliverer(settings.delivery, resolver, settings.smtp.hostname)
+        # The console's domain policies count as they would for the worker; without a
+        # database the answer rests on the config file alone, and says so.
+        console_note = None
+        try:
+            if not database_exists(settings.storage.database_url):
+                raise StoreUnavailable("no database yet")
+            store = await open_store(settings)
+        except (StoreUnavailable, OSError, OperationalError, DBAPIError) as exc:
+            console_note = f"console policies not read: {str(exc).splitlines()[0]}"
+        else:
+            try:
+                deliverer.console = (await DomainPolicies.load(store)).tls()
+            finally:
+                await store.close()
+        result = await deliverer.probe(domain.lower().rstrip("."))
         decision = result.results[0]
         return {
             "domain": domain,
@@ -206,6 +221,7 @@ def probe(domain: str, config: ConfigOption = None, json_: JsonOption = False) -
             "mx_ip": result.mx_ip,
             "tls": asdict(result.tls) if result.tls else None,
             "trail": result.trail,
+            **({"warning": console_note} if console_note else {}),
         }
 
     emit(run(go), json_)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,10 +13,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from sigillo.policies import set_policy
+from sigillo.store.db import Store
 from tests.integration.gateway import running_gateway
 from tests.integration.test_delivery import addr, mail
 from tests.peers.dnsmasq import DnsmasqPeer
@@ -100,6 +104,46 @@ def test_probe(
         assert report["tls"]["verified"] and report["mx_host"] == "mx.tls.test"
     # A probe sends no mail.
     assert not [m for m in mx_peers.peer.messages() if m.recipient.endswith("(probe)")]
+
+
+@pytest.mark.peers
+def test_probe_follows_console_policies(
+    tmp_path: Path, mx_peers: MxPeers, dns_peer: DnsmasqPeer
+) -> None:
+    env = peer_env(tmp_path, mx_peers, dns_peer)
+    assert sigillo("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+
+    async def portal_policy() -> None:
+        store = Store(env["SIGILLO_STORAGE__DATABASE_URL"])
+        try:
+            await store.write(
+                lambda session: set_policy(
+                    session,
+                    "tls.test",
+                    tls="portal",
+                    retention_days=None,
+                    actor="admin@org.example",
+                    at=datetime.now(UTC),
+                )
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(portal_policy())
+    report = json.loads(sigillo("probe", "tls.test", "--json", cwd=tmp_path, env=env).stdout)
+    assert report["policy"] == "portal" and report["policy_source"] == "console:tls.test"
+    assert report["decision"] == "portal" and "warning" not in report
+    # The config file wins over the console.
+    env["SIGILLO_DELIVERY__DOMAINS"] = json.dumps({"tls.test": "verify"})
+    report = json.loads(sigillo("probe", "tls.test", "--json", cwd=tmp_path, env=env).stdout)
+    assert report["policy_source"] == "tls.test" and report["decision"] == "tls"
+
+
+def test_probe_without_a_database_says_so(tmp_path: Path) -> None:
+    env = {"SIGILLO_STORAGE__DATABASE_URL": f"sqlite:///{tmp_path}/none.db"}
+    result = sigillo("probe", "nonexistent.invalid", "--json", cwd=tmp_path, env=env)
+    assert "console policies not read" in json.loads(result.stdout)["warning"]
+    assert not (tmp_path / "none.db").exists()  # a probe creates nothing
 
 
 @pytest.mark.peers

@@ -38,6 +38,14 @@ def async_url(url: str) -> str:
     raise StoreUnavailable(f"unsupported database URL scheme {parsed.drivername!r}")
 
 
+def database_exists(url: str) -> bool:
+    """False only for a SQLite file that is not there yet (opening it would create it)."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return True
+    return Path(parsed.database).exists()
+
+
 def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
