@@ -14,12 +14,15 @@ prints the head hash: recorded elsewhere (a ticket, the SIEM), it pins everythin
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from sigillo.store.db import Store
@@ -28,6 +31,33 @@ from sigillo.store.models import AuditEvent, AuditHead
 GENESIS = "0" * 64
 """The ``prev_hash`` of the first entry."""
 
+BATCH = 2000
+"""Entries read per query by ``verify`` and ``export``: memory stays flat at any log size."""
+
+
+def _fields(
+    *,
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    client: str | None,
+    conversation_id: int | None,
+    message_id: str | None,
+    details: Mapping[str, object] | None,
+) -> dict[str, object]:
+    """An entry as its hash sees it; an export carries exactly these keys, so anyone can
+    recompute the chain from the export alone."""
+    return {
+        "seq": seq,
+        "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor": actor,
+        "action": action,
+        "client": client,
+        "conversation": conversation_id,
+        "message": message_id,
+        "details": details,
+    }
 
 
 def canonical(
@@ -43,16 +73,16 @@ def canonical(
 ) -> bytes:
     """The bytes an entry's hash covers: every column but the row id, in a fixed form."""
     return json.dumps(
-        {
-            "seq": seq,
-            "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
-            "actor": actor,
-            "action": action,
-            "client": client,
-            "conversation": conversation_id,
-            "message": message_id,
-            "details": details,
-        },
+        _fields(
+            seq=seq,
+            at=at,
+            actor=actor,
+            action=action,
+            client=client,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            details=details,
+        ),
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=True,
@@ -163,3 +193,270 @@ async def log(
             details=details,
         )
     )
+
+
+# -- verification and export -------------------------------------------------------------
+
+
+class AuditLogError(Exception):
+    """The log cannot be read as stored; the message says where."""
+
+
+@dataclass(frozen=True)
+class BrokenEntry:
+    """The first place the chain fails, and how."""
+
+    seq: int | None
+    """Chain position of the entry found wrong (or missing); None when only the head is."""
+    row_id: int | None
+    """The database row, when there is one (``id``; never trusted for order)."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    entries: int
+    """Entries checked and found intact, in chain order."""
+    head_seq: int
+    head_hash: str
+    """The head as it stood when verification began: record it elsewhere to pin the chain."""
+    first_broken: BrokenEntry | None = None
+
+
+_Entry = Row[*tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A row whose stored values no longer parse (an edit outside sigillo)."""
+
+    seq: int
+    id: int
+
+
+_COLUMNS = (
+    AuditEvent.id,
+    AuditEvent.seq,
+    AuditEvent.prev_hash,
+    AuditEvent.hash,
+    AuditEvent.at,
+    AuditEvent.actor,
+    AuditEvent.action,
+    AuditEvent.client_address,
+    AuditEvent.conversation_id,
+    AuditEvent.message_id,
+    AuditEvent.details,
+)
+
+
+def _row_fields(row: _Entry) -> dict[str, object]:
+    return _fields(
+        seq=row.seq,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        client=row.client_address,
+        conversation_id=row.conversation_id,
+        message_id=row.message_id,
+        details=row.details,
+    )
+
+
+def _row_hash(row: _Entry) -> str:
+    return entry_hash(
+        row.prev_hash,
+        seq=row.seq,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        client=row.client_address,
+        conversation_id=row.conversation_id,
+        message_id=row.message_id,
+        details=row.details,
+    )
+
+
+async def _head(store: Store) -> tuple[int, str] | None:
+    async with store.session() as session:
+        row = (
+            await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))
+        ).one_or_none()
+    return None if row is None else (row.seq, row.hash)
+
+
+async def _batch(
+    store: Store, start: int, upto: int | None, *where: Any
+) -> list[_Entry | _Unreadable]:
+    """Up to BATCH entries from ``seq >= start`` in chain order (``id`` breaks a tie only
+    in a table whose unique constraint was dropped). ``seq >=`` rather than a row-value
+    comparison keeps the query on the seq index on both backends."""
+    conditions = [AuditEvent.seq >= start, *where]
+    if upto is not None:
+        conditions.append(AuditEvent.seq <= upto)
+    order = (AuditEvent.seq, AuditEvent.id)
+    async with store.session() as session:
+        try:
+            query = select(*_COLUMNS).where(*conditions).order_by(*order).limit(BATCH)
+            return list((await session.execute(query)).all())
+        except (ValueError, TypeError):
+            pass
+        # Some value in this batch does not parse: read the rows one by one, so the checks
+        # still run in chain order and the bad one is named.
+        keys = (
+            await session.execute(
+                select(AuditEvent.seq, AuditEvent.id)
+                .where(*conditions)
+                .order_by(*order)
+                .limit(BATCH)
+            )
+        ).all()
+        rows: list[_Entry | _Unreadable] = []
+        for seq, row_id in keys:
+            try:
+                query = select(*_COLUMNS).where(AuditEvent.id == row_id)
+                rows.append((await session.execute(query)).one())
+            except (ValueError, TypeError):
+                rows.append(_Unreadable(seq, row_id))
+        return rows
+
+
+def _check(
+    row: _Entry | _Unreadable, expected: int, prev: str, anchor: tuple[int, str] | None
+) -> str | None:
+    """Why ``row`` cannot be entry ``expected`` following a link whose hash is ``prev``."""
+    if row.seq > expected:
+        if expected == 1:
+            return f"sequence starts at {row.seq}, not 1 (first entries deleted)"
+        return f"sequence jumps from {expected - 1} to {row.seq} (entries deleted)"
+    if row.seq < expected:
+        return f"sequence {row.seq} appears twice (an entry inserted)"
+    if isinstance(row, _Unreadable):
+        return "stored values cannot be read (edited)"
+    if row.prev_hash != prev:
+        if expected == 1:
+            return "prev_hash is not the start of the chain (entries deleted or reordered)"
+        return f"prev_hash does not match entry {expected - 1} (deleted or reordered)"
+    if _row_hash(row) != row.hash:
+        return "hash does not match its content (edited)"
+    if anchor is not None and row.seq == anchor[0] and row.hash != anchor[1]:
+        return f"hash differs from the recorded {anchor[1]} (chain rewritten)"
+    return None
+
+
+async def verify(store: Store, *, anchor: tuple[int, str] | None = None) -> ChainReport:
+    """Walk the chain in ``seq`` order, recomputing every hash, up to the head as it stood
+    when the walk began (entries appended meanwhile are left for the next run).
+
+    ``anchor`` is a (seq, hash) recorded earlier, for instance from a previous run's output:
+    a chain rewritten from scratch, which the links alone cannot reveal, no longer holds it.
+    """
+    head = await _head(store)
+    limit = head[0] if head is not None else None
+    prev, expected, last_id = GENESIS, 1, None
+    broken: BrokenEntry | None = None
+    start, seen = 1, set[int]()
+    while broken is None:
+        batch = await _batch(store, start, limit)
+        fresh = [row for row in batch if row.id not in seen]
+        for row in fresh:
+            reason = _check(row, expected, prev, anchor)
+            if reason is not None or isinstance(row, _Unreadable):
+                broken = BrokenEntry(row.seq, row.id, reason or "unreadable")
+                break
+            prev, expected, last_id = row.hash, expected + 1, row.id
+        if broken is not None or len(batch) < BATCH or not fresh:
+            break
+        # Rows of the last seq seen are fetched again by ``seq >=``: skip them by id.
+        start = batch[-1].seq
+        seen = {row.id for row in batch if row.seq == start}
+        await asyncio.sleep(0)  # a long walk must not starve the loop's other tasks
+    last = expected - 1
+    if broken is None:
+        broken = await _check_ends(store, head, last, prev, last_id, anchor)
+    seq, digest = head if head is not None else (last, prev)
+    return ChainReport(broken is None, last, seq, digest, broken)
+
+
+async def _check_ends(
+    store: Store,
+    head: tuple[int, str] | None,
+    last: int,
+    prev: str,
+    last_id: int | None,
+    anchor: tuple[int, str] | None,
+) -> BrokenEntry | None:
+    """The head against the last entry walked, and nothing beyond the head."""
+    if head is None:
+        return BrokenEntry(None, None, "head row missing (audit_head is empty)")
+    seq, digest = head
+    if last < seq:
+        return BrokenEntry(
+            last + 1,
+            None,
+            f"head says seq {seq} hash {digest} but the last entry is "
+            f"{f'seq {last} hash {prev}' if last else 'none'} (entries at the end deleted)",
+        )
+    if prev != digest:
+        return BrokenEntry(
+            seq, last_id, f"head says seq {seq} hash {digest} but entry {seq} has hash {prev}"
+        )
+    if anchor is not None and anchor[0] > last:
+        return BrokenEntry(
+            anchor[0], None, f"the recorded entry is beyond the chain's end at seq {last}"
+        )
+    # The newest entry is read before the head: a legitimate append commits both at once,
+    # so a head behind it means entries added or a head rewound outside sigillo.
+    async with store.session() as session:
+        newest = (await session.execute(select(func.max(AuditEvent.seq)))).scalar()
+    now = await _head(store)
+    if now is None:
+        return BrokenEntry(None, None, "head row missing (audit_head is empty)")
+    if now[0] < seq:
+        return BrokenEntry(seq, last_id, f"head moved back from seq {seq} to {now[0]}")
+    if newest is not None and newest > now[0]:
+        async with store.session() as session:
+            beyond = (
+                await session.execute(
+                    select(AuditEvent.seq, AuditEvent.id)
+                    .where(AuditEvent.seq > now[0])
+                    .order_by(AuditEvent.seq, AuditEvent.id)
+                    .limit(1)
+                )
+            ).one()
+        return BrokenEntry(
+            beyond.seq,
+            beyond.id,
+            f"entries after the head (seq {now[0]}) up to seq {newest}, appended outside sigillo",
+        )
+    return None
+
+
+async def export(
+    store: Store, since: datetime, until: datetime | None = None
+) -> AsyncIterator[dict[str, object]]:
+    """Entries with ``since <= at < until``, in chain order, as JSON-ready dicts carrying
+    ``seq``, ``prev_hash`` and ``hash``: a contiguous export can be checked on its own,
+    starting from the first entry's ``prev_hash``. Entries appended after the export began
+    are left out, so the export is a fixed set and its own audit entry is not in it."""
+    head = await _head(store)
+    if head is None:
+        raise AuditLogError("the audit log has no head row: run 'sigillo audit verify'")
+    where = [AuditEvent.at >= since]
+    if until is not None:
+        where.append(AuditEvent.at < until)
+    start, seen = 1, set[int]()
+    while True:
+        batch = await _batch(store, start, head[0], *where)
+        fresh = [row for row in batch if row.id not in seen]
+        for row in fresh:
+            if isinstance(row, _Unreadable):
+                raise AuditLogError(
+                    f"audit entry {row.seq} (row {row.id}) cannot be read: "
+                    "run 'sigillo audit verify'"
+                )
+            yield {**_row_fields(row), "prev_hash": row.prev_hash, "hash": row.hash}
+        if len(batch) < BATCH or not fresh:
+            return
+        start = batch[-1].seq
+        seen = {row.id for row in batch if row.seq == start}
