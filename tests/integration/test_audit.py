@@ -107,6 +107,25 @@ async def test_an_intact_chain_verifies(store: Store) -> None:
     assert (await audit.verify(store, anchor=(report.head_seq, report.head_hash))).ok
 
 
+async def test_entries_of_one_transaction_chain_and_a_rollback_leaves_no_trace(
+    store: Store,
+) -> None:
+    def three(session: Session, fail: bool) -> None:
+        for i in range(3):
+            audit.record(session, f"test.batch{i}", actor="anna@example.net", at=T0)
+        if fail:
+            raise RuntimeError("the action failed, so its entries must not exist")
+
+    await store.write(lambda session: three(session, False))
+    with pytest.raises(RuntimeError):
+        await store.write(lambda session: three(session, True))
+    await append(store, 2)
+    await store.write(lambda session: three(session, False))
+    assert sorted(await rows(store)) == list(range(1, 9))
+    report = await audit.verify(store)
+    assert report.ok and report.entries == 8 and report.head_seq == 8
+
+
 async def test_a_long_chain_is_read_in_batches(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, event, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from sigillo.store.db import Store
@@ -125,16 +125,27 @@ def record(
     message_id: str | None = None,
     details: dict[str, object] | None = None,
 ) -> None:
-    # The UPDATE comes first: it takes the head's row lock (PostgreSQL) or the write lock
-    # (SQLite) before anything is read, so concurrent writers queue instead of forking the
-    # chain or deadlocking on a lock upgrade.
-    seq, prev = session.execute(
-        update(AuditHead)
-        .where(AuditHead.id == 1)
-        .values(seq=AuditHead.seq + 1)
-        .returning(AuditHead.seq, AuditHead.hash)
-        .execution_options(synchronize_session=False)
-    ).one()
+    chain: tuple[int, str] | None = session.info.get(_CHAIN)
+    if chain is None:
+        # The transaction's first entry: the UPDATE comes first, so it takes the head's row
+        # lock (PostgreSQL) or the write lock (SQLite) before anything is read, and
+        # concurrent writers queue instead of forking the chain or deadlocking on a lock
+        # upgrade. Later entries of the same transaction hold that lock already and chain
+        # on in memory; the head is written once, just before the commit.
+        seq, prev = session.execute(
+            update(AuditHead)
+            .where(AuditHead.id == 1)
+            .values(seq=AuditHead.seq + 1)
+            .returning(AuditHead.seq, AuditHead.hash)
+            .execution_options(synchronize_session=False)
+        ).one()
+        if not session.info.get(_HOOKED):
+            event.listen(session, "before_commit", _save_head)
+            event.listen(session, "after_commit", _forget_chain)
+            event.listen(session, "after_rollback", _forget_chain)
+            session.info[_HOOKED] = True
+    else:
+        seq, prev = chain[0] + 1, chain[1]
     actor = actor or "-"
     digest = entry_hash(
         prev,
@@ -161,12 +172,27 @@ def record(
             details=details,
         )
     )
-    session.execute(
-        update(AuditHead)
-        .where(AuditHead.id == 1)
-        .values(hash=digest)
-        .execution_options(synchronize_session=False)
-    )
+    session.info[_CHAIN] = (seq, digest)
+
+
+_CHAIN = "sigillo.audit.chain"
+"""``session.info`` key: (seq, hash) of the last entry this transaction appended."""
+_HOOKED = "sigillo.audit.hooked"
+
+
+def _save_head(session: Session) -> None:
+    chain = session.info.get(_CHAIN)
+    if chain is not None:
+        session.execute(
+            update(AuditHead)
+            .where(AuditHead.id == 1)
+            .values(seq=chain[0], hash=chain[1])
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _forget_chain(session: Session) -> None:
+    session.info.pop(_CHAIN, None)
 
 
 async def log(
