@@ -8,6 +8,7 @@ ending without a result is set aside (HELD).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import secrets
 from collections.abc import Sequence
@@ -22,9 +23,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from sigillo.config import DeliverySettings
+from sigillo.store import audit
 from sigillo.store.crypto import Keyring
 from sigillo.store.db import Store
-from sigillo.store.models import Attempt, Job, JobKind, JobState, Message
+from sigillo.store.models import FINAL_STATES, Attempt, Job, JobKind, JobState, Message
 
 
 def utcnow() -> datetime:
@@ -330,3 +332,200 @@ def defer(
         return False
     job.next_attempt_at = min(now + backoff(settings, job.attempts), job.expires_at)
     return True
+
+
+# -- operator actions ------------------------------------------------------------------------
+#
+# An operator may hold a waiting job, release (retry) a held or waiting one, or bounce a
+# recipient's copy. Each is one conditional UPDATE and its audit entry in one transaction, so
+# two operators, or an operator and a worker, can never both win. A job under a live lease is
+# refused: its worker is talking to the recipient's MX right now and will record the result
+# under its lease token; changing the row beneath it would let that result land on a job the
+# operator believes stopped (or bounce a copy that was in fact delivered). The operator waits
+# for the attempt to end (at most the lease, ``[delivery] lease``) and tries again. None of
+# these reads or touches the message content.
+
+REASON_LIMIT = 500
+"""Characters of the operator's reason kept (in the audit entry and the job's reason)."""
+
+
+class QueueActionRefused(ValueError):
+    """The job cannot take this action now; the message says why in one line."""
+
+
+class QueueAction(enum.StrEnum):
+    HOLD = "hold"
+    RELEASE = "release"
+    BOUNCE = "bounce"
+
+
+_AUDIT_ACTIONS = {
+    QueueAction.HOLD: "queue.held",
+    QueueAction.RELEASE: "queue.released",
+    QueueAction.BOUNCE: "queue.bounced",
+}
+_FROM_STATES = {
+    QueueAction.HOLD: (JobState.QUEUED,),
+    QueueAction.RELEASE: (JobState.QUEUED, JobState.HELD),
+    QueueAction.BOUNCE: (JobState.QUEUED, JobState.HELD),
+}
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    job_id: int
+    action: QueueAction
+    before: JobState
+    after: JobState
+    dsn_job_id: int | None = None
+    """The DSN queued to the sender by a bounce (None when the sender is empty: a bounce
+    of a bounce)."""
+
+
+def dsn_job(job: Job, mail_from: str, now: datetime, settings: DeliverySettings) -> Job | None:
+    """The DSN job reporting a bounced copy to its sender; the worker builds and sends the
+    report from the bounced job's reason and last attempt. None for an empty sender: a
+    bounce is never bounced (RFC 5321 4.5.5)."""
+    if not mail_from:
+        return None
+    return new_job(
+        JobKind.DSN,
+        mail_from,
+        mail_from.rpartition("@")[2].lower(),
+        now,
+        settings,
+        message_id=job.message_id,
+        parent_id=job.id,
+    )
+
+
+def _clean_reason(reason: str) -> str:
+    cleaned = " ".join(reason.split())
+    if not cleaned:
+        raise QueueActionRefused("a reason is required")
+    if len(cleaned) > REASON_LIMIT:
+        raise QueueActionRefused(f"the reason is longer than {REASON_LIMIT} characters")
+    return cleaned
+
+
+def _refusal(job: Job | None, job_id: int, action: QueueAction, now: datetime) -> str:
+    if job is None:
+        return f"job {job_id} does not exist"
+    if job.lease_until is not None and job.lease_until > now:
+        return (
+            f"job {job_id} is being attempted by a worker right now; try again after "
+            f"{job.lease_until.isoformat(timespec='seconds')}"
+        )
+    if action is QueueAction.BOUNCE and job.kind is not JobKind.DELIVER:
+        return f"job {job_id} is a {job.kind.value} job; only a recipient's copy can be bounced"
+    if job.state in FINAL_STATES:
+        return f"job {job_id} is already {job.state.value}; there is nothing to change"
+    if action is QueueAction.HOLD and job.state is JobState.HELD:
+        return f"job {job_id} is already held"
+    return f"job {job_id} is {job.state.value} and cannot be changed this way"
+
+
+def _apply(
+    session: Session,
+    job_id: int,
+    action: QueueAction,
+    *,
+    actor: str,
+    reason: str,
+    now: datetime,
+    client: str | None,
+    settings: DeliverySettings,
+) -> ActionResult:
+    current = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    if (
+        current is None
+        or current.state not in _FROM_STATES[action]
+        or (current.lease_until is not None and current.lease_until > now)
+        or (action is QueueAction.BOUNCE and current.kind is not JobKind.DELIVER)
+    ):
+        raise QueueActionRefused(_refusal(current, job_id, action, now))
+    before = current.state
+    after = {
+        QueueAction.HOLD: JobState.HELD,
+        QueueAction.RELEASE: JobState.QUEUED,
+        QueueAction.BOUNCE: JobState.BOUNCED,
+    }[action]
+    values: dict[str, object] = {"state": after, "lease_owner": None, "lease_until": None}
+    if action is QueueAction.HOLD:
+        values["reason"] = f"held by {actor}: {reason}"
+    elif action is QueueAction.RELEASE:
+        values |= {"next_attempt_at": now, "crashes": 0, "reason": f"released by {actor}: {reason}"}
+    else:
+        values |= {"finished_at": now, "reason": f"bounced by {actor}: {reason}", "crashes": 0}
+    # The lease and state are checked again in the UPDATE itself: on a backend without row
+    # locks, a claim that slipped in after the read above makes it match nothing.
+    changed = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.state == before,
+            or_(Job.lease_until.is_(None), Job.lease_until <= now),
+        )
+        .values(**values)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if changed is None:
+        raise QueueActionRefused(f"job {job_id} changed while this was decided; reload and retry")
+    dsn_id = None
+    if action is QueueAction.BOUNCE:
+        message = session.get(Message, current.message_id) if current.message_id else None
+        dsn = dsn_job(current, message.mail_from if message else "", now, settings)
+        if dsn is not None:
+            session.add(dsn)
+            session.flush()
+            dsn_id = dsn.id
+    details: dict[str, object] = {
+        "job": job_id,
+        "kind": current.kind.value,
+        "from": before.value,
+        "reason": reason,
+    }
+    if dsn_id is not None:
+        details["dsn_job"] = dsn_id
+    audit.record(
+        session,
+        _AUDIT_ACTIONS[action],
+        actor=actor,
+        at=now,
+        client=client,
+        message_id=current.message_id,
+        details=details,
+    )
+    return ActionResult(job_id, action, before, after, dsn_id)
+
+
+async def operate(
+    store: Store,
+    settings: DeliverySettings,
+    job_id: int,
+    action: QueueAction,
+    *,
+    actor: str,
+    reason: str,
+    client: str | None = None,
+    now: datetime | None = None,
+) -> ActionResult:
+    """Hold, release or bounce ``job_id`` as ``actor``; raises QueueActionRefused (a one-line
+    reason) for a job that does not exist, is leased, or is in a state the action does not
+    apply to. Release puts the job back in line at once with its crash count cleared; a job
+    past its queue lifetime then gets one more attempt, and bounces if that one fails."""
+    cleaned = _clean_reason(reason)
+    at = now or utcnow()
+    return await store.write(
+        lambda session: _apply(
+            session,
+            job_id,
+            action,
+            actor=actor,
+            reason=cleaned,
+            now=at,
+            client=client,
+            settings=settings,
+        )
+    )

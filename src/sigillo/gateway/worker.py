@@ -218,19 +218,9 @@ class Worker:
         )
 
     def _queue_dsn(self, session: Session, job: Job, message: Message, now: datetime) -> None:
-        if not message.mail_from:
-            return  # never bounce a bounce (RFC 5321 4.5.5)
-        domain = message.mail_from.rpartition("@")[2].lower()
-        dsn = queue.new_job(
-            JobKind.DSN,
-            message.mail_from,
-            domain,
-            now,
-            self.settings.delivery,
-            message_id=message.id,
-            parent_id=job.id,
-        )
-        session.add(dsn)
+        dsn = queue.dsn_job(job, message.mail_from, now, self.settings.delivery)
+        if dsn is not None:
+            session.add(dsn)
 
     # -- notifications -----------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The portal web application: built from settings and a store, never at import time."""
+"""The portal web application: built from settings and a store, never at import time. The
+staff console is mounted in it under ``/staff`` (``sigillo.staff.app``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ from importlib import resources
 
 import structlog
 from fastapi import FastAPI
-from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,10 +19,11 @@ from sigillo.config import Settings
 from sigillo.portal.accounts import Accounts
 from sigillo.portal.i18n import Formats
 from sigillo.portal.pages import account, conversation
-from sigillo.portal.pages.base import BodyTooLarge, Portal, SignInRequired, drain
+from sigillo.portal.pages.base import OUTAGES, BodyTooLarge, Portal, SignInRequired, drain
 from sigillo.portal.passwords import PasswordHasher
+from sigillo.staff.app import create_console
 from sigillo.store.crypto import Keyring
-from sigillo.store.db import Store, StoreUnavailable
+from sigillo.store.db import Store
 
 log = structlog.get_logger("sigillo.portal")
 
@@ -31,10 +32,6 @@ CSP = (
     "base-uri 'none'; frame-ancestors 'none'; object-src 'none'"
 )
 """No script at all, no inline style, nothing from another origin; forms post only here."""
-
-
-OUTAGES = (StoreUnavailable, OperationalError, InterfaceError, OSError)
-"""What a database that is down or unreachable raises."""
 
 
 def security_headers(https: bool) -> dict[str, str]:
@@ -86,7 +83,8 @@ def create_app(
     on_queued: Callable[[], None] | None = None,
 ) -> FastAPI:
     """``hasher`` defaults to production argon2id parameters; tests pass cheap ones."""
-    accounts = Accounts(store, hasher or PasswordHasher())
+    hasher = hasher or PasswordHasher()
+    accounts = Accounts(store, hasher)
     portal = Portal(settings, store, keyring, accounts, on_queued)
     static = resources.files("sigillo.portal").joinpath("static")
     app = FastAPI(title="sigillo portal", docs_url=None, redoc_url=None, openapi_url=None)
@@ -94,6 +92,8 @@ def create_app(
     for route in [*account.routes(portal), *conversation.routes(portal)]:
         app.router.routes.append(route)
     app.router.routes.append(Mount("/static", StaticFiles(directory=str(static)), name="static"))
+    # The staff console: its own pages, sessions and error handling, under these headers.
+    app.router.routes.append(Mount("/staff", create_console(settings, store, keyring, hasher)))
     headers = security_headers(settings.portal.https)
 
     app.add_middleware(SecurityHeaders, headers=headers)
@@ -101,6 +101,10 @@ def create_app(
     @app.get("/favicon.ico")
     async def favicon() -> Response:
         return Response(status_code=204)  # none; answered so browsers stop asking
+
+    @app.get("/staff", include_in_schema=False)
+    async def console_home() -> Response:
+        return RedirectResponse("/staff/", status_code=303)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -1,4 +1,5 @@
-"""Languages of the portal: English and Italian, every string from a Babel catalogue.
+"""Languages of the portal and the staff console: English and Italian, every string from a
+Babel catalogue.
 
 Catalogues are the ``.po`` files under ``locale/``; they are compiled in memory when the
 portal starts, so the repository holds no generated binaries.
@@ -16,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_datetime
+from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
@@ -29,6 +31,40 @@ def load_translations(lang: str) -> gettext.GNUTranslations:
     po = resources.files("sigillo.portal").joinpath(f"locale/{lang}/LC_MESSAGES/messages.po")
     with po.open("rb") as source:
         catalog = read_po(source, locale=lang)
+    return _compiled(catalog)
+
+
+def load_catalogues(package: str, lang: str) -> gettext.GNUTranslations:
+    """Every ``.po`` file under ``package``'s ``locale/<lang>/LC_MESSAGES/``, as one catalogue.
+
+    Several files let several areas of an application keep their strings apart (the staff
+    console's sign-in and administration pages in ``staff.po``, its other pages in files of
+    their own), so adding a page never means editing another page's catalogue. A message id
+    translated differently in two files is an error, never a silent choice.
+    """
+    folder = resources.files(package).joinpath(f"locale/{lang}/LC_MESSAGES")
+    merged = Catalog(locale=lang)
+    origin: dict[str, str] = {}
+    for po in sorted(
+        (entry for entry in folder.iterdir() if entry.name.endswith(".po")),
+        key=lambda entry: entry.name,
+    ):
+        with po.open("rb") as source:
+            catalog = read_po(source, locale=lang)
+        for message in catalog:
+            if not message.id or not isinstance(message.id, str) or message.fuzzy:
+                continue  # the header, plural entries (not used), unchecked translations
+            known = merged.get(message.id)
+            if known is not None and known.string != message.string:
+                raise ValueError(
+                    f"{po.name} and {origin[message.id]} translate {message.id!r} differently"
+                )
+            merged.add(message.id, message.string)
+            origin[message.id] = po.name
+    return _compiled(merged)
+
+
+def _compiled(catalog: Catalog) -> gettext.GNUTranslations:
     compiled = BytesIO()
     write_mo(compiled, catalog)
     compiled.seek(0)

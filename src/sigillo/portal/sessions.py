@@ -54,21 +54,41 @@ class Lookup:
     """``last_seen_at`` is due for a refresh."""
 
 
-class Sessions:
-    def __init__(self, store: Store, secret: bytes, *, https: bool) -> None:
-        self.store = store
-        self._secret = secret
-        self.https = https
-        # The __Host- prefix makes the browser refuse the cookie unless it is Secure, set
-        # by this host itself, with Path=/ and no Domain: no subdomain can plant one.
-        self.cookie_name = "__Host-sigillo" if https else "sigillo"
+def cookie_name(base: str, *, https: bool) -> str:
+    """The session cookie's name. Under https the __Host- prefix makes the browser refuse
+    the cookie unless it is Secure, set by this host itself, with Path=/ and no Domain: no
+    subdomain can plant one."""
+    return f"__Host-{base}" if https else base
 
-    def csrf_token(self, cookie_value: str) -> str:
+
+class FormTokens:
+    """Form tokens bound to a cookie value: an HMAC under a secret of their own, so a page
+    on another site can neither read nor forge one (the portal and the staff console each
+    derive their own secret)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def token(self, cookie_value: str) -> str:
         mac = hmac.new(self._secret, b"form:" + cookie_value.encode(), hashlib.sha256)
         return mac.hexdigest()
 
+    def valid(self, cookie_value: str, token: object) -> bool:
+        return isinstance(token, str) and hmac.compare_digest(self.token(cookie_value), token)
+
+
+class Sessions:
+    def __init__(self, store: Store, secret: bytes, *, https: bool) -> None:
+        self.store = store
+        self._tokens = FormTokens(secret)
+        self.https = https
+        self.cookie_name = cookie_name("sigillo", https=https)
+
+    def csrf_token(self, cookie_value: str) -> str:
+        return self._tokens.token(cookie_value)
+
     def csrf_valid(self, cookie_value: str, token: object) -> bool:
-        return isinstance(token, str) and hmac.compare_digest(self.csrf_token(cookie_value), token)
+        return self._tokens.valid(cookie_value, token)
 
     async def lookup(self, cookie_value: str, now: datetime) -> Lookup:
         digest = session_hash(cookie_value)

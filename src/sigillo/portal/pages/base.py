@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
@@ -25,10 +26,12 @@ from sigillo.portal.conversations import Conversations
 from sigillo.portal.outbox import Outbox
 from sigillo.portal.sessions import Sessions, SignedIn, new_cookie_value
 from sigillo.store.crypto import Keyring
-from sigillo.store.db import Store
+from sigillo.store.db import Store, StoreUnavailable
 from sigillo.store.models import Conversation
 
 LANG_COOKIE = "sigillo_lang"
+OUTAGES = (StoreUnavailable, OperationalError, InterfaceError, OSError)
+"""What a database that is down or unreachable raises."""
 FORM_LIMIT = 64 * 1024
 """Every form but a reply (which carries attachments) fits in this."""
 _NEXT = re.compile(r"^/(conversations/\d{1,18}|account/password)$")
@@ -171,25 +174,7 @@ class Portal:
     ) -> FormData:
         """The submitted form, after its token is checked; 403 without a valid one, 413 when
         the body is larger than ``limit``."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise BodyTooLarge
-        stream = _limited(request.stream(), limit)
-        content_type = request.headers.get("content-type", "")
-        try:
-            if content_type.startswith("multipart/form-data"):
-                parser = MultiPartParser(
-                    request.headers, stream, max_files=files, max_fields=20, max_part_size=limit
-                )
-                # Uploads stay in memory (bounded by ``limit``): never in a temporary file.
-                parser.spool_max_size = limit
-                form = await parser.parse()
-            elif content_type.startswith("application/x-www-form-urlencoded"):
-                form = await FormParser(request.headers, stream).parse()
-            else:
-                form = FormData()  # no form at all: refused below for want of a token
-        except MultiPartException:
-            raise HTTPException(400) from None
+        form = await read_form(request, limit=limit, files=files)
         if not self.sessions.csrf_valid(visitor.cookie, form.get("csrf_token")):
             await form.close()
             raise HTTPException(403)
@@ -236,6 +221,30 @@ class Portal:
                 samesite="lax",
             )
         return response
+
+
+async def read_form(request: Request, *, limit: int, files: int = 0) -> FormData:
+    """The submitted form, read without trusting the client: BodyTooLarge past ``limit``
+    bytes, 400 for a malformed multipart body, an empty form for any other content type
+    (which then fails its token check). The caller checks the form token."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    stream = _limited(request.stream(), limit)
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            parser = MultiPartParser(
+                request.headers, stream, max_files=files, max_fields=20, max_part_size=limit
+            )
+            # Uploads stay in memory (bounded by ``limit``): never in a temporary file.
+            parser.spool_max_size = limit
+            return await parser.parse()
+        if content_type.startswith("application/x-www-form-urlencoded"):
+            return await FormParser(request.headers, stream).parse()
+    except MultiPartException:
+        raise HTTPException(400) from None
+    return FormData()
 
 
 DRAIN_LIMIT = 128 * 1024 * 1024
