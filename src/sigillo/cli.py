@@ -25,7 +25,12 @@ from sigillo.commands.common import (
 from sigillo.store.db import Store, StoreUnavailable, database_exists
 from sigillo.store.models import Attempt, Job, JobState, Message
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 message_app = typer.Typer(no_args_is_help=True, help="Accepted messages.")
 app.add_typer(db_app, name="db")

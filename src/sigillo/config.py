@@ -42,6 +42,14 @@ def _parse_duration(value: Any) -> Any:
     return value
 
 
+def parse_duration(value: str) -> timedelta:
+    """A duration typed by an operator (a command-line option); ValueError says what is wrong."""
+    parsed = _parse_duration(value)
+    if not isinstance(parsed, timedelta):
+        raise ValueError(f"not a duration: {value!r}")
+    return parsed
+
+
 def _parse_size(value: Any) -> Any:
     """Accept ``"25MiB"``, ``"512k"`` or a number of bytes (binary multiples)."""
     if isinstance(value, str):

@@ -91,7 +91,9 @@ class Message(Base):
     mail_from: Mapped[str] = mapped_column(String(320))
     client_address: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
-    kek_id: Mapped[str] = mapped_column(String(32))
+    kek_id: Mapped[str] = mapped_column(String(32), index=True)
+    """The key-encryption key that wraps ``wrapped_key``; indexed so that ``sigillo keys
+    rotate`` can tell cheaply whether a key is still in use."""
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
     content: Mapped[bytes] = mapped_column(LargeBinary)
     """AES-256-GCM nonce || ciphertext of the raw RFC 5322 message."""

@@ -104,6 +104,8 @@ def upgrade() -> None:
     for statement in _PG_APPEND_ONLY if postgres else _SQLITE_APPEND_ONLY:
         op.execute(statement)
 
+    op.create_index("ix_messages_kek_id", "messages", ["kek_id"])
+
     with op.batch_alter_table("conversations") as batch:
         batch.add_column(sa.Column("expires_at", _when, nullable=True))
         batch.add_column(sa.Column("withdrawn_at", _when, nullable=True))
@@ -177,6 +179,7 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER audit_events_no_update")
         op.execute("DROP TRIGGER audit_events_no_delete")
     op.drop_table("audit_head")
+    op.drop_index("ix_messages_kek_id", "messages")
     with op.batch_alter_table("audit_events") as batch:
         batch.drop_constraint("uq_audit_events_seq", type_="unique")
         batch.drop_column("hash")
