@@ -12,8 +12,10 @@ import hashlib
 import json
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -22,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from sigillo.store import audit, migrate
-from sigillo.store.audit import GENESIS, BrokenEntry, entry_hash
+from sigillo.store.audit import GENESIS, BrokenEntry, Entry
 from sigillo.store.db import Store
 from sigillo.store.models import AuditEvent, AuditHead
 from tests.integration.test_cli import sigillo
@@ -75,18 +77,8 @@ async def as_owner(store: Store, change: Callable[[Connection], object]) -> None
         await conn.run_sync(go)
 
 
-def rehash(seq: int, prev: str, row: AuditEvent, **changes: object) -> str:
-    fields: dict[str, object] = {
-        "at": row.at,
-        "actor": row.actor,
-        "action": row.action,
-        "client": row.client_address,
-        "conversation_id": row.conversation_id,
-        "message_id": row.message_id,
-        "details": row.details,
-        **changes,
-    }
-    return entry_hash(prev, seq=seq, **fields)  # type: ignore[arg-type]
+def rehash(seq: int, prev: str, row: AuditEvent, **changes: Any) -> str:
+    return replace(Entry.of(row), seq=seq, **changes).hash(prev)
 
 
 # -- intact and append-only --------------------------------------------------------------
@@ -240,7 +232,7 @@ def insert_forged(conn: Connection, by_seq: dict[int, AuditEvent]) -> None:
         "message_id": None,
         "details": None,
     }
-    digest = entry_hash(by_seq[4].hash, seq=5, **forged)  # type: ignore[arg-type]
+    digest = Entry(seq=5, **forged).hash(by_seq[4].hash)  # type: ignore[arg-type]
     conn.execute(
         insert(AuditEvent).values(
             seq=5,

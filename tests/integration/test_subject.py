@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from sigillo import subject
 from sigillo.gateway import queue
-from sigillo.store.audit import GENESIS, entry_hash
+from sigillo.store.audit import GENESIS, Entry
 from sigillo.store.models import (
     Account,
     AuditEvent,
@@ -45,17 +45,7 @@ async def _verify_chain(portal: PortalHarness) -> int:
         n = 0
         for n, event in enumerate(events, start=1):
             assert event.seq == n and event.prev_hash == prev
-            prev = entry_hash(
-                prev,
-                seq=event.seq,
-                at=event.at,
-                actor=event.actor,
-                action=event.action,
-                client=event.client_address,
-                conversation_id=event.conversation_id,
-                message_id=event.message_id,
-                details=event.details,
-            )
+            prev = Entry.of(event).hash(prev)
             assert event.hash == prev, event.seq
     return n
 

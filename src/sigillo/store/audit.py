@@ -35,83 +35,55 @@ BATCH = 2000
 """Entries read per query by ``verify`` and ``export``: memory stays flat at any log size."""
 
 
-def _fields(
-    *,
-    seq: int,
-    at: datetime,
-    actor: str,
-    action: str,
-    client: str | None,
-    conversation_id: int | None,
-    message_id: str | None,
-    details: Mapping[str, object] | None,
-) -> dict[str, object]:
-    """An entry as its hash sees it; an export carries exactly these keys, so anyone can
-    recompute the chain from the export alone."""
-    return {
-        "seq": seq,
-        "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
-        "actor": actor,
-        "action": action,
-        "client": client,
-        "conversation": conversation_id,
-        "message": message_id,
-        "details": details,
-    }
+@dataclass(frozen=True)
+class Entry:
+    """An entry as its hash sees it: every column but the row id and the two hashes."""
 
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    client: str | None
+    conversation_id: int | None
+    message_id: str | None
+    details: Mapping[str, object] | None
 
-def canonical(
-    *,
-    seq: int,
-    at: datetime,
-    actor: str,
-    action: str,
-    client: str | None,
-    conversation_id: int | None,
-    message_id: str | None,
-    details: Mapping[str, object] | None,
-) -> bytes:
-    """The bytes an entry's hash covers: every column but the row id, in a fixed form."""
-    return json.dumps(
-        _fields(
-            seq=seq,
-            at=at,
-            actor=actor,
-            action=action,
-            client=client,
-            conversation_id=conversation_id,
-            message_id=message_id,
-            details=details,
-        ),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=True,
-    ).encode()
+    @classmethod
+    def of(cls, row: Any) -> Entry:
+        """From an ``audit_events`` row (ORM object or selected row)."""
+        return cls(
+            seq=row.seq,
+            at=row.at,
+            actor=row.actor,
+            action=row.action,
+            client=row.client_address,
+            conversation_id=row.conversation_id,
+            message_id=row.message_id,
+            details=row.details,
+        )
 
+    def fields(self) -> dict[str, object]:
+        """The entry in the fixed form its hash covers; an export carries exactly these keys,
+        so anyone can recompute the chain from the export alone."""
+        return {
+            "seq": self.seq,
+            "at": self.at.astimezone(UTC).isoformat(timespec="microseconds"),
+            "actor": self.actor,
+            "action": self.action,
+            "client": self.client,
+            "conversation": self.conversation_id,
+            "message": self.message_id,
+            "details": self.details,
+        }
 
-def entry_hash(
-    prev_hash: str,
-    *,
-    seq: int,
-    at: datetime,
-    actor: str,
-    action: str,
-    client: str | None,
-    conversation_id: int | None,
-    message_id: str | None,
-    details: Mapping[str, object] | None,
-) -> str:
-    body = canonical(
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=action,
-        client=client,
-        conversation_id=conversation_id,
-        message_id=message_id,
-        details=details,
-    )
-    return hashlib.sha256(prev_hash.encode() + b"\n" + body).hexdigest()
+    def canonical(self) -> bytes:
+        return json.dumps(
+            self.fields(), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+        ).encode()
+
+    def hash(self, prev_hash: str) -> str:
+        """This entry's link: SHA-256 over the previous entry's hash and this entry."""
+        return hashlib.sha256(prev_hash.encode() + b"\n" + self.canonical()).hexdigest()
 
 
 def record(
@@ -147,17 +119,7 @@ def record(
     else:
         seq, prev = chain[0] + 1, chain[1]
     actor = actor or "-"
-    digest = entry_hash(
-        prev,
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=action,
-        client=client,
-        conversation_id=conversation_id,
-        message_id=message_id,
-        details=details,
-    )
+    digest = Entry(seq, at, actor, action, client, conversation_id, message_id, details).hash(prev)
     session.execute(
         insert(AuditEvent).values(
             seq=seq,
@@ -276,33 +238,6 @@ _COLUMNS = (
 )
 
 
-def _row_fields(row: _Entry) -> dict[str, object]:
-    return _fields(
-        seq=row.seq,
-        at=row.at,
-        actor=row.actor,
-        action=row.action,
-        client=row.client_address,
-        conversation_id=row.conversation_id,
-        message_id=row.message_id,
-        details=row.details,
-    )
-
-
-def _row_hash(row: _Entry) -> str:
-    return entry_hash(
-        row.prev_hash,
-        seq=row.seq,
-        at=row.at,
-        actor=row.actor,
-        action=row.action,
-        client=row.client_address,
-        conversation_id=row.conversation_id,
-        message_id=row.message_id,
-        details=row.details,
-    )
-
-
 async def _head(store: Store) -> tuple[int, str] | None:
     async with store.session() as session:
         row = (
@@ -363,7 +298,7 @@ def _check(
         if expected == 1:
             return "prev_hash is not the start of the chain (entries deleted or reordered)"
         return f"prev_hash does not match entry {expected - 1} (deleted or reordered)"
-    if _row_hash(row) != row.hash:
+    if Entry.of(row).hash(row.prev_hash) != row.hash:
         return "hash does not match its content (edited)"
     if anchor is not None and row.seq == anchor[0] and row.hash != anchor[1]:
         return f"hash differs from the recorded {anchor[1]} (chain rewritten)"
@@ -481,7 +416,7 @@ async def export(
                     f"audit entry {row.seq} (row {row.id}) cannot be read: "
                     "run 'sigillo audit verify'"
                 )
-            yield {**_row_fields(row), "prev_hash": row.prev_hash, "hash": row.hash}
+            yield {**Entry.of(row).fields(), "prev_hash": row.prev_hash, "hash": row.hash}
         if len(batch) < BATCH or not fresh:
             return
         start = batch[-1].seq

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from sigillo.store.audit import GENESIS, entry_hash
+from sigillo.store.audit import GENESIS, Entry
 from sigillo.store.models import UTCDateTime
 
 revision: str = "0003"
@@ -61,17 +61,16 @@ def _chain_existing_entries() -> tuple[int, str]:
     rows = bind.execute(sa.select(events).order_by(events.c.id)).mappings().all()
     for row in rows:
         seq += 1
-        digest = entry_hash(
-            prev,
-            seq=seq,
-            at=row["at"],
-            actor=row["actor"],
-            action=row["action"],
-            client=row["client_address"],
-            conversation_id=row["conversation_id"],
-            message_id=row["message_id"],
-            details=row["details"],
-        )
+        digest = Entry(
+            seq,
+            row["at"],
+            row["actor"],
+            row["action"],
+            row["client_address"],
+            row["conversation_id"],
+            row["message_id"],
+            row["details"],
+        ).hash(prev)
         bind.execute(
             events.update()
             .where(events.c.id == row["id"])
