@@ -1,5 +1,5 @@
-"""After the whole recipient journey, neither the log stream nor the audit log holds any
-message content, password or link token.
+"""After the whole journey, the recipient's and then a staff agent's, neither the log stream
+nor the audit log holds any message content, password, TOTP secret or link token.
 
 sigillo runs as operators run it, ``sigillo serve`` in a process of its own with its real
 logging set-up, so every line it writes is scanned, not just those of loggers a test knows
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
+import pyotp
 import pytest
 from aiosmtpd.smtp import SMTP
 from sqlalchemy import select
@@ -41,6 +42,9 @@ from tests.portal.harness import PortalClient, staff_message
 
 STAFF = "doctor@org.example"
 _RESET = re.compile(r"https?://\S+/reset/([A-Za-z0-9_-]+)")
+_TOTP_SECRET = re.compile(r'id="totp-secret">([A-Z2-7 ]+)<')
+_STAFF_CONVERSATION = re.compile(r'href="(/staff/conversations/\d+)"')
+AGENT = "agent@org.example"
 _DOWNLOAD = re.compile(r'href="(/conversations/\d+/messages/[0-9a-f]+/attachments/\d+)"')
 
 
@@ -227,6 +231,7 @@ async def test_logs_and_audit_hold_no_content_or_passwords(
     password = distinctive("password", "horse {0} staple")
     wrong = distinctive("wrong password", "battery {0} wrong")
     new_password = distinctive("new password", "new {0} passphrase")
+    staff_password = distinctive("staff password", "colleague {0} passphrase")
     original = staff_message(
         recipient,
         subject=subject.value.decode(),
@@ -296,6 +301,58 @@ async def test_logs_and_audit_hold_no_content_or_passwords(
                 assert (await stranger.login(recipient, new)).status_code == 303
             finally:
                 await stranger.close()
+
+            # A member of staff enrols from the link 'sigillo staff add' prints and opens the
+            # conversation's content, stating a purpose.
+            added = await asyncio.to_thread(
+                subprocess.run,
+                [
+                    sys.executable,
+                    "-m",
+                    "sigillo",
+                    "staff",
+                    "add",
+                    AGENT,
+                    "--role",
+                    "agent",
+                    "--config",
+                    str(config),
+                ],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+            assert added.returncode == 0, added.stderr
+            enrol_path = urllib.parse.urlsplit(added.stdout.strip()).path
+            enrol_token = Secret("enrolment token", *[enrol_path.rsplit("/", 1)[1].encode()] * 2)
+            agent = PortalClient(served.url, "127.0.0.1")
+            try:
+                page = await agent.get(enrol_path)
+                shown = _TOTP_SECRET.search(page.text)
+                assert shown, page.text[:500]
+                seed = shown[1].replace(" ", "")
+                totp_secret = Secret("TOTP secret", seed.encode(), seed.encode())
+                enrolled = await agent.submit(
+                    enrol_path,
+                    password=staff_password.value.decode(),
+                    password_confirm=staff_password.value.decode(),
+                    code=pyotp.TOTP(seed).now(),
+                )
+                assert enrolled.status_code == 303, enrolled.text[:300]
+                found = await agent.get(f"/staff/conversations?address={recipient}")
+                [case] = _STAFF_CONVERSATION.findall(found.text)
+                opened = await agent.submit(
+                    case,
+                    action=f"{case}/open",
+                    reason="the patient asked by phone about the biopsy result",
+                    case_ref="CASE-2026-1",
+                )
+                assert opened.status_code == 200 and body.value.decode() in opened.text
+            finally:
+                await agent.close()
     finally:
         if client is not None:
             await client.close()
@@ -317,6 +374,9 @@ async def test_logs_and_audit_hold_no_content_or_passwords(
         "portal.reset_requested",
         "portal.password_reset",
         "portal.login",
+        "staff.added",
+        "staff.enrolled",
+        "staff.content_opened",
     } <= actions, actions
 
     sensitive = [
@@ -330,6 +390,9 @@ async def test_logs_and_audit_hold_no_content_or_passwords(
         new_password,
         token,
         reset_token,
+        staff_password,
+        totp_secret,
+        enrol_token,
     ]
     assert leaks(sensitive, log_lines + stdout) == {}
     assert leaks(sensitive, audit) == {}

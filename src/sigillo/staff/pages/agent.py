@@ -474,6 +474,9 @@ def routes(console: Console) -> list[Route]:
             return await metadata_page(
                 page, cid, status=409, errors=[str(exc)], errors_for="withdraw"
             )
+        # The destroyed keys' old page images leave the SQLite WAL now, not at the next
+        # retention run.
+        await lifecycle.checkpoint(store)
         return page.redirect(f"{SEARCH}/{cid}?done=withdrawn")
 
     async def expiry(page: Page) -> Response:
