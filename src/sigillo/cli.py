@@ -22,6 +22,7 @@ from sigillo.commands.common import (
     run,
     settings_from,
 )
+from sigillo.gateway.records import attempt_record
 from sigillo.store.db import Store, StoreUnavailable, database_exists
 from sigillo.store.models import Attempt, Job, JobState, Message
 
@@ -79,23 +80,6 @@ def db_upgrade(config: ConfigOption = None) -> None:
     typer.echo(f"database at revision {current}")
 
 
-def _attempt_dict(a: Attempt) -> dict[str, Any]:
-    return {
-        "at": a.at.isoformat(),
-        "outcome": a.outcome,
-        "reason": a.reason,
-        "mx_host": a.mx_host,
-        "mx_ip": a.mx_ip,
-        "tls_version": a.tls_version,
-        "tls_cipher": a.tls_cipher,
-        "cert_verified": a.cert_verified,
-        "verification": a.verification,
-        "smtp_code": a.smtp_code,
-        "smtp_reply": a.smtp_reply,
-        "details": a.details,
-    }
-
-
 def _job_dict(job: Job, attempts: list[Attempt]) -> dict[str, Any]:
     return {
         "job": job.id,
@@ -112,7 +96,7 @@ def _job_dict(job: Job, attempts: list[Attempt]) -> dict[str, Any]:
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "message": job.message_id,
         "conversation": job.conversation_id,
-        "history": [_attempt_dict(a) for a in attempts],
+        "history": [attempt_record(a) for a in attempts],
     }
 
 

@@ -32,6 +32,7 @@ from sqlalchemy import String, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from sigillo import lifecycle
+from sigillo.gateway.records import attempt_record
 from sigillo.portal import throttle
 from sigillo.store import audit
 from sigillo.store.crypto import Keyring
@@ -170,21 +171,6 @@ async def _audit_about(
     return entries
 
 
-def _attempt(a: Attempt) -> dict[str, Any]:
-    return {
-        "at": a.at.isoformat(),
-        "outcome": a.outcome,
-        "reason": a.reason,
-        "mx_host": a.mx_host,
-        "mx_ip": a.mx_ip,
-        "tls_version": a.tls_version,
-        "tls_cipher": a.tls_cipher,
-        "cert_verified": a.cert_verified,
-        "smtp_code": a.smtp_code,
-        "smtp_reply": a.smtp_reply,
-    }
-
-
 async def _gather(store: Store, keyring: Keyring, address: str, now: datetime) -> _Gathered:
     files: list[tuple[str, bytes]] = []
     async with store.session() as session:
@@ -313,7 +299,7 @@ async def _gather(store: Store, keyring: Keyring, address: str, now: datetime) -
                 "created_at": j.created_at.isoformat(),
                 "finished_at": _iso(j.finished_at),
                 "reason": j.reason,
-                "attempts": [_attempt(a) for a in attempts[j.id]],
+                "attempts": [attempt_record(a) for a in attempts[j.id]],
             }
             for j in jobs
         ],

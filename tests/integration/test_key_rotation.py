@@ -20,6 +20,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from sigillo.gateway.queue import new_message
+from sigillo.portal.sessions import FormTokens
 from sigillo.store import migrate
 from sigillo.store.crypto import Keyring, Sealed, read_key_file, update_key_file
 from sigillo.store.db import Store
@@ -446,6 +447,22 @@ async def test_form_secrets_of_the_old_key_accepted_until_it_is_retired(
     clock.now += timedelta(hours=2)
     await rotate(store, key_file, actor=ACTOR, grace=timedelta(hours=1), wait=False, clock=clock)
     assert serving.derive_all("purpose") == (signing,)
+
+
+async def test_a_form_served_before_a_rotation_is_accepted_after_it(
+    store: Store, key_file: Path
+) -> None:
+    serving = Keyring.load(key_file)
+    tokens = FormTokens(lambda: serving.derive_all("sigillo portal form tokens"))
+    served = tokens.token("cookie")
+    clock = Clock(T0)
+    await rotate(store, key_file, actor=ACTOR, grace=timedelta(hours=1), wait=False, clock=clock)
+    assert tokens.valid("cookie", served) and not tokens.valid("other cookie", served)
+    assert tokens.token("cookie") != served  # new forms are signed under the new key
+    clock.now += timedelta(hours=2)
+    await rotate(store, key_file, actor=ACTOR, grace=timedelta(hours=1), wait=False, clock=clock)
+    assert not tokens.valid("cookie", served)  # its key is gone
+    assert tokens.valid("cookie", tokens.token("cookie"))
 
 
 async def test_rotation_needs_an_existing_key_file(store: Store, tmp_path: Path) -> None:

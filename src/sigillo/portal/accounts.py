@@ -7,7 +7,6 @@ so sign-ins neither block the event loop nor let a burst of requests exhaust mem
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from sigillo.notify import new_token, token_hash
 from sigillo.portal import sessions, throttle
+from sigillo.portal.hashslots import HashSlots
 from sigillo.portal.passwords import PasswordHasher
 from sigillo.store import audit
 from sigillo.store.db import Store
@@ -47,22 +47,10 @@ class SignInResult:
     account_id: int | None = None
 
 
-class Accounts:
+class Accounts(HashSlots):
     def __init__(self, store: Store, hasher: PasswordHasher, *, hash_slots: int = 2) -> None:
         self.store = store
-        self.hasher = hasher
-        self._slots = asyncio.Semaphore(hash_slots)
-
-    async def _hash(self, password: str) -> str:
-        async with self._slots:
-            return await asyncio.to_thread(self.hasher.hash, password)
-
-    async def _verify(self, encoded: str | None, password: str) -> bool:
-        async with self._slots:
-            if encoded is None:
-                await asyncio.to_thread(self.hasher.burn, password)
-                return False
-            return await asyncio.to_thread(self.hasher.verify, encoded, password)
+        super().__init__(hasher, hash_slots)
 
     async def find(self, address: str) -> Account | None:
         async with self.store.session() as session:
@@ -95,14 +83,14 @@ class Accounts:
                 return None
             audit.record(session, "portal.register", actor=address, at=now, client=client)
             audit.record(session, "portal.login", actor=address, at=now, client=client)
-            return sessions.start(session, created, client, now)
+            return sessions.ROWS.start(session, created, client, now)
 
         return await self.store.write(create)
 
     async def sign_in(
         self, address: str, password: str, client: str, now: datetime
     ) -> SignInResult:
-        if await throttle.locked(self.store, address, client, now):
+        if await throttle.PORTAL.locked(self.store, address, client, now):
             # Refused before the password is looked at: the right one does not help.
             await audit.log(
                 self.store, "portal.login_refused", actor=address, at=now, client=client
@@ -113,31 +101,29 @@ class Accounts:
         if account is None or not good:
 
             def failed(session: Session) -> None:
-                throttle.record_failure(session, address, client, now)
+                throttle.PORTAL.record_failure(session, address, client, now)
                 audit.record(session, "portal.login_failed", actor=address, at=now, client=client)
 
             await self.store.write(failed)
             return SignInResult(SignIn.WRONG)
         account_id = account.id
-        rehash = (
-            await self._hash(password) if self.hasher.needs_rehash(account.password_hash) else None
-        )
+        rehash = await self._rehash(account.password_hash, password)
 
         def succeeded(session: Session) -> str:
-            throttle.clear_address(session, address)
+            throttle.PORTAL.clear_address(session, address)
             if rehash is not None:
                 session.execute(
                     update(Account).where(Account.id == account_id).values(password_hash=rehash)
                 )
             audit.record(session, "portal.login", actor=address, at=now, client=client)
-            return sessions.start(session, account_id, client, now)
+            return sessions.ROWS.start(session, account_id, client, now)
 
         cookie = await self.store.write(succeeded)
         return SignInResult(SignIn.OK, cookie, account_id)
 
     async def sign_out(self, user: sessions.SignedIn, client: str, now: datetime) -> None:
         def write(session: Session) -> None:
-            sessions.end(session, user.session_hash)
+            sessions.ROWS.end(session, user.session_hash)
             audit.record(session, "portal.logout", actor=user.address, at=now, client=client)
 
         await self.store.write(write)
@@ -233,9 +219,9 @@ class Accounts:
             if spent is None:
                 return False
             _set_password(session, account_id, encoded, now)
-            sessions.end_all(session, account_id)
+            sessions.ROWS.end_all(session, account_id)
             # The link proved control of the mailbox: an address lockout ends with it.
-            throttle.clear_address(session, address)
+            throttle.PORTAL.clear_address(session, address)
             audit.record(session, "portal.password_reset", actor=address, at=now, client=client)
             return True
 
@@ -251,13 +237,13 @@ class Accounts:
     ) -> bool:
         """Change the password of a signed-in user who knows the current one; every other
         session ends."""
-        if await throttle.locked(self.store, user.address, client, now):
+        if await throttle.PORTAL.locked(self.store, user.address, client, now):
             return False
         account = await self.find(user.address)
         if account is None or not await self._verify(account.password_hash, current):
 
             def failed(session: Session) -> None:
-                throttle.record_failure(session, user.address, client, now)
+                throttle.PORTAL.record_failure(session, user.address, client, now)
                 audit.record(
                     session,
                     "portal.password_change_failed",
@@ -272,7 +258,7 @@ class Accounts:
 
         def write(session: Session) -> None:
             _set_password(session, user.account_id, encoded, now)
-            sessions.end_all(session, user.account_id, keep=user.session_hash)
+            sessions.ROWS.end_all(session, user.account_id, keep=user.session_hash)
             audit.record(
                 session, "portal.password_changed", actor=user.address, at=now, client=client
             )

@@ -15,6 +15,7 @@ import functools
 import gzip
 import secrets
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -190,3 +191,20 @@ def _prepare(password: str) -> bytes:
     if len(normal) > _HASH_INPUT_LIMIT:
         raise ValueError("password too long to hash")
     return normal.encode("utf-8")
+
+
+def problem_messages(gettext: Callable[[str], str], problems: list[Problem]) -> list[str]:
+    """The verdicts in the reader's language; the portal and the staff console share the
+    rules and their wording (both catalogues translate these strings)."""
+    _ = gettext
+    text = {
+        Problem.TOO_SHORT: _("The password must have at least 12 characters."),
+        Problem.TOO_LONG: _("The password must have at most 128 characters."),
+        Problem.COMMON: _(
+            "This password is among the most commonly used ones, which attackers try first. "
+            "Please choose another."
+        ),
+        Problem.CONTAINS_ADDRESS: _("The password must not contain your email address."),
+        Problem.MISMATCH: _("The two passwords are not the same."),
+    }
+    return [text[p] for p in problems]

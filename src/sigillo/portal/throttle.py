@@ -30,32 +30,41 @@ class Rule:
     lock: timedelta
 
 
+@dataclass(frozen=True)
+class Throttle:
+    """The throttling of one sign-in (the portal's, the staff console's): its two rules,
+    whose key prefixes keep its counts apart from any other's."""
+
+    per_address: Rule
+    per_client: Rule
+
+    def keys(self, address: str, client: str) -> tuple[str, str]:
+        return self.per_address.prefix + address, self.per_client.prefix + client
+
+    async def locked(self, store: Store, address: str, client: str, now: datetime) -> bool:
+        async with store.session() as session:
+            rows = await session.execute(
+                select(LoginThrottle.locked_until).where(
+                    LoginThrottle.key.in_(self.keys(address, client)),
+                    LoginThrottle.locked_until > now,
+                )
+            )
+            return rows.first() is not None
+
+    def record_failure(self, session: Session, address: str, client: str, now: datetime) -> None:
+        rules = (self.per_address, self.per_client)
+        for rule, key in zip(rules, self.keys(address, client), strict=True):
+            _count(session, rule, key, now)
+
+    def clear_address(self, session: Session, address: str) -> None:
+        session.execute(
+            delete(LoginThrottle).where(LoginThrottle.key == self.per_address.prefix + address)
+        )
+
+
 PER_ADDRESS = Rule("account:", limit=5, window=timedelta(days=1), lock=timedelta(minutes=15))
 PER_CLIENT = Rule("client:", limit=20, window=timedelta(minutes=15), lock=timedelta(minutes=15))
-
-
-def keys(address: str, client: str) -> tuple[str, str]:
-    return PER_ADDRESS.prefix + address, PER_CLIENT.prefix + client
-
-
-async def locked(store: Store, address: str, client: str, now: datetime) -> bool:
-    async with store.session() as session:
-        rows = await session.execute(
-            select(LoginThrottle.locked_until).where(
-                LoginThrottle.key.in_(keys(address, client)),
-                LoginThrottle.locked_until > now,
-            )
-        )
-        return rows.first() is not None
-
-
-def record_failure(session: Session, address: str, client: str, now: datetime) -> None:
-    for rule, key in zip((PER_ADDRESS, PER_CLIENT), keys(address, client), strict=True):
-        _count(session, rule, key, now)
-
-
-def clear_address(session: Session, address: str) -> None:
-    session.execute(delete(LoginThrottle).where(LoginThrottle.key == PER_ADDRESS.prefix + address))
+PORTAL = Throttle(PER_ADDRESS, PER_CLIENT)
 
 
 def _count(session: Session, rule: Rule, key: str, now: datetime) -> None:

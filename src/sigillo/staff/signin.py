@@ -10,7 +10,6 @@ stolen password) stands out to the auditor; the page never says.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +18,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from sigillo.notify import token_hash
+from sigillo.portal.hashslots import HashSlots
 from sigillo.portal.passwords import PasswordHasher
 from sigillo.staff import sessions, throttle, totp
 from sigillo.staff.sessions import SignedInStaff
@@ -64,25 +64,13 @@ class EnrolResult:
     cookie: str | None = None
 
 
-class StaffSignIn:
+class StaffSignIn(HashSlots):
     def __init__(
         self, store: Store, keyring: Keyring, hasher: PasswordHasher, *, hash_slots: int = 2
     ) -> None:
         self.store = store
         self.keyring = keyring
-        self.hasher = hasher
-        self._slots = asyncio.Semaphore(hash_slots)
-
-    async def _hash(self, password: str) -> str:
-        async with self._slots:
-            return await asyncio.to_thread(self.hasher.hash, password)
-
-    async def _verify(self, encoded: str | None, password: str) -> bool:
-        async with self._slots:
-            if encoded is None:
-                await asyncio.to_thread(self.hasher.burn, password)
-                return False
-            return await asyncio.to_thread(self.hasher.verify, encoded, password)
+        super().__init__(hasher, hash_slots)
 
     # -- enrolment -----------------------------------------------------------------------
 
@@ -148,7 +136,7 @@ class StaffSignIn:
                 return None
             audit.record(session, "staff.enrolled", actor=target.email, at=now, client=client)
             audit.record(session, "staff.login", actor=target.email, at=now, client=client)
-            return sessions.start(session, target.staff_id, client, now)
+            return sessions.ROWS.start(session, target.staff_id, client, now)
 
         cookie = await self.store.write(write)
         if cookie is None:
@@ -160,7 +148,7 @@ class StaffSignIn:
     async def sign_in(
         self, email: str, password: str, code: str, client: str, now: datetime
     ) -> SignInResult:
-        if await throttle.locked(self.store, email, client, now):
+        if await throttle.STAFF.locked(self.store, email, client, now):
             # Refused before either factor is looked at: the right ones do not help.
             await audit.log(self.store, "staff.login_refused", actor=email, at=now, client=client)
             return SignInResult(SignIn.LOCKED)
@@ -198,11 +186,7 @@ class StaffSignIn:
             await self._failed(email, client, now, reason)
             return SignInResult(SignIn.WRONG)
         staff_id = account.id
-        rehash = (
-            await self._hash(password)
-            if encoded is not None and self.hasher.needs_rehash(encoded)
-            else None
-        )
+        rehash = await self._rehash(encoded, password)
 
         def succeeded(session: Session) -> str | None:
             # The step is claimed atomically: the same code sent twice at once signs in once.
@@ -224,9 +208,9 @@ class StaffSignIn:
                     .where(StaffAccount.id == staff_id)
                     .values(password_hash=rehash)
                 )
-            throttle.clear_address(session, email)
+            throttle.STAFF.clear_address(session, email)
             audit.record(session, "staff.login", actor=email, at=now, client=client)
-            return sessions.start(session, staff_id, client, now)
+            return sessions.ROWS.start(session, staff_id, client, now)
 
         cookie = await self.store.write(succeeded)
         if cookie is None:
@@ -236,7 +220,7 @@ class StaffSignIn:
 
     async def _failed(self, email: str, client: str, now: datetime, reason: str) -> None:
         def write(session: Session) -> None:
-            throttle.record_failure(session, email, client, now)
+            throttle.STAFF.record_failure(session, email, client, now)
             audit.record(
                 session,
                 "staff.login_failed",
@@ -250,7 +234,7 @@ class StaffSignIn:
 
     async def sign_out(self, user: SignedInStaff, client: str, now: datetime) -> None:
         def write(session: Session) -> None:
-            sessions.end(session, user.session_hash)
+            sessions.ROWS.end(session, user.session_hash)
             audit.record(session, "staff.logout", actor=user.email, at=now, client=client)
 
         await self.store.write(write)

@@ -8,40 +8,19 @@ recipient's lockout never touches a member of staff with the same address, or ba
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from sigillo.portal import throttle
-from sigillo.store.db import Store
-from sigillo.store.models import LoginThrottle
 
 PER_ADDRESS = throttle.Rule("staff:", limit=5, window=timedelta(days=1), lock=timedelta(minutes=15))
 PER_CLIENT = throttle.Rule(
     "staff-client:", limit=20, window=timedelta(minutes=15), lock=timedelta(minutes=15)
 )
-
-
-def keys(email: str, client: str) -> tuple[str, str]:
-    return PER_ADDRESS.prefix + email, PER_CLIENT.prefix + client
-
-
-async def locked(store: Store, email: str, client: str, now: datetime) -> bool:
-    async with store.session() as session:
-        rows = await session.execute(
-            select(LoginThrottle.locked_until).where(
-                LoginThrottle.key.in_(keys(email, client)),
-                LoginThrottle.locked_until > now,
-            )
-        )
-        return rows.first() is not None
-
-
-def record_failure(session: Session, email: str, client: str, now: datetime) -> None:
-    for rule, key in zip((PER_ADDRESS, PER_CLIENT), keys(email, client), strict=True):
-        throttle._count(session, rule, key, now)  # the portal's counting, shared
+STAFF = throttle.Throttle(PER_ADDRESS, PER_CLIENT)
 
 
 def clear_address(session: Session, email: str) -> None:
-    session.execute(delete(LoginThrottle).where(LoginThrottle.key == PER_ADDRESS.prefix + email))
+    """Forget the failures counted for a staff address (its account was reset)."""
+    STAFF.clear_address(session, email)

@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from sigillo.store.crypto import Keyring, Sealed
 from sigillo.store.models import StaffAccount
+from sigillo.store.rotation import staff_totp_id
 
 STEP_SECONDS = 30
 DRIFT_STEPS = 1
@@ -32,7 +33,7 @@ def new_secret() -> str:
 
 
 def sealed_for(keyring: Keyring, staff_id: int, secret: str) -> Sealed:
-    return keyring.seal(_associated(staff_id), secret.encode())
+    return keyring.seal(staff_totp_id(staff_id), secret.encode())
 
 
 def secret_of(keyring: Keyring, account: StaffAccount) -> str | None:
@@ -42,15 +43,11 @@ def secret_of(keyring: Keyring, account: StaffAccount) -> str | None:
     if account.totp_secret is None:
         return None
     return keyring.open(
-        _associated(account.id),
+        staff_totp_id(account.id),
         account.totp_kek_id,
         account.totp_wrapped_key,
         account.totp_secret,
     ).decode()
-
-
-def _associated(staff_id: int) -> str:
-    return f"staff-totp:{staff_id}"
 
 
 def step_of(now: datetime) -> int:

@@ -9,44 +9,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sigillo.portal import i18n
 from sigillo.portal.accounts import MAX_ADDRESS, SignIn, normalise_address
 from sigillo.portal.pages.base import (
-    LANG_COOKIE,
     Portal,
     Visitor,
-    local_page,
+    form_text,
     safe_next,
     utcnow,
 )
-from sigillo.portal.passwords import MAX_LENGTH, Problem, check_new_password
-
-
-def problem_messages(visitor: Visitor, problems: list[Problem]) -> list[str]:
-    _ = visitor.gettext
-    text = {
-        Problem.TOO_SHORT: _("The password must have at least 12 characters."),
-        Problem.TOO_LONG: _("The password must have at most 128 characters."),
-        Problem.COMMON: _(
-            "This password is among the most commonly used ones, which attackers try first. "
-            "Please choose another."
-        ),
-        Problem.CONTAINS_ADDRESS: _("The password must not contain your email address."),
-        Problem.MISMATCH: _("The two passwords are not the same."),
-    }
-    return [text[p] for p in problems]
-
-
-def _text(form_value: object, limit: int) -> str:
-    """A form field as text, cut just past ``limit`` so an oversized value is still refused
-    as too long; text that cannot be UTF-8 (lone surrogates) is no text at all."""
-    if not isinstance(form_value, str):
-        return ""
-    try:
-        form_value.encode()
-    except UnicodeEncodeError:
-        return ""
-    return form_value[: limit + 1]
+from sigillo.portal.passwords import MAX_LENGTH, check_new_password, problem_messages
 
 
 async def new_password(
@@ -54,9 +25,11 @@ async def new_password(
 ) -> tuple[str, list[str]]:
     """The new password a form proposes, and what is wrong with it (translated)."""
     form = await portal.form(request, visitor)
-    password = _text(form.get("password"), MAX_LENGTH * 4)
-    confirm = _text(form.get("password_confirm"), MAX_LENGTH * 4)
-    return password, problem_messages(visitor, check_new_password(password, confirm, address))
+    password = form_text(form.get("password"), MAX_LENGTH * 4)
+    confirm = form_text(form.get("password_confirm"), MAX_LENGTH * 4)
+    return password, problem_messages(
+        visitor.gettext, check_new_password(password, confirm, address)
+    )
 
 
 def routes(portal: Portal) -> list[Route]:
@@ -109,8 +82,8 @@ def routes(portal: Portal) -> list[Route]:
             )
         form = await portal.form(request, visitor)
         next_page = safe_next(form.get("next"))
-        email = normalise_address(_text(form.get("email"), MAX_ADDRESS))
-        password = _text(form.get("password"), MAX_LENGTH * 4)
+        email = normalise_address(form_text(form.get("email"), MAX_ADDRESS))
+        password = form_text(form.get("password"), MAX_LENGTH * 4)
         result = await portal.accounts.sign_in(email, password, visitor.client, utcnow())
         if result.outcome is SignIn.OK and result.cookie is not None:
             portal.signed_in(visitor, result.cookie)
@@ -140,7 +113,7 @@ def routes(portal: Portal) -> list[Route]:
         if request.method == "GET":
             return portal.render(visitor, "forgot.html", sent=False)
         form = await portal.form(request, visitor)
-        email = normalise_address(_text(form.get("email"), MAX_ADDRESS))
+        email = normalise_address(form_text(form.get("email"), MAX_ADDRESS))
         now = utcnow()
 
         async def mail_a_link() -> None:
@@ -203,11 +176,11 @@ def routes(portal: Portal) -> list[Route]:
         if request.method == "GET":
             return portal.render(visitor, "password.html", errors=[], done=False)
         form = await portal.form(request, visitor)
-        current = _text(form.get("current_password"), MAX_LENGTH * 4)
-        password = _text(form.get("password"), MAX_LENGTH * 4)
-        confirm = _text(form.get("password_confirm"), MAX_LENGTH * 4)
+        current = form_text(form.get("current_password"), MAX_LENGTH * 4)
+        password = form_text(form.get("password"), MAX_LENGTH * 4)
+        confirm = form_text(form.get("password_confirm"), MAX_LENGTH * 4)
         problems = check_new_password(password, confirm, user.address)
-        errors = problem_messages(visitor, problems)
+        errors = problem_messages(visitor.gettext, problems)
         if not problems and not await portal.accounts.change_password(
             user, current, password, visitor.client, utcnow()
         ):
@@ -218,23 +191,7 @@ def routes(portal: Portal) -> list[Route]:
         return portal.render(visitor, "password.html", errors=[], done=True)
 
     async def language(request: Request) -> Response:
-        visitor = await portal.visitor(request)
-        form = await portal.form(request, visitor)
-        lang = form.get("lang")
-        back = form.get("back")
-        target = back if isinstance(back, str) and local_page(back) else "/login"
-        response = portal.redirect(visitor, target)
-        if isinstance(lang, str) and lang in i18n.LANGUAGES:
-            response.set_cookie(
-                LANG_COOKIE,
-                lang,
-                max_age=365 * 86400,
-                path="/",
-                httponly=True,
-                secure=portal.sessions.https,
-                samesite="lax",
-            )
-        return response
+        return await portal.switch_language(request, await portal.visitor(request))
 
     return [
         Route("/", home, methods=["GET"]),

@@ -1,5 +1,6 @@
 """What every page handler shares: who is asking, in which language, with which form token,
-and how a page or a redirect goes back with the session cookie."""
+and how a page or a redirect goes back with the session cookie. ``Site`` is that for the
+portal and for the staff console alike; ``Portal`` adds the portal's own."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -24,7 +25,14 @@ from sigillo.portal import i18n
 from sigillo.portal.accounts import Accounts
 from sigillo.portal.conversations import Conversations
 from sigillo.portal.outbox import Outbox
-from sigillo.portal.sessions import Sessions, SignedIn, new_cookie_value
+from sigillo.portal.sessions import (
+    CookieSessions,
+    FormTokens,
+    Sessions,
+    SessionUser,
+    SignedIn,
+    new_cookie_value,
+)
 from sigillo.store.crypto import Keyring
 from sigillo.store.db import Store, StoreUnavailable
 from sigillo.store.models import Conversation
@@ -57,6 +65,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def form_text(value: object, limit: int) -> str:
+    """A form field as text, cut just past ``limit`` so an oversized value is still refused
+    as too long; text that cannot be UTF-8 (lone surrogates) is no text at all."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return ""
+    return value[: limit + 1]
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -69,14 +89,19 @@ class SignInRequired(Exception):
         self.after = after
 
 
+U = TypeVar("U", bound=SessionUser)
+
+
 @dataclass
-class Visitor:
+class Visit(Generic[U]):
+    """One request as far as a site (the portal, the staff console) knows it, signed in or not."""
+
     cookie: str
-    user: SignedIn | None
+    user: U | None
     lang: str
     client: str
     translations: gettext.GNUTranslations = field(repr=False)
-    here: str = "/login"
+    here: str
     """The page asked for (path and query): the language switch returns to it."""
     expired: bool = False
     send_cookie: bool = False
@@ -86,41 +111,50 @@ class Visitor:
         return self.translations.gettext(message)
 
 
-class Portal:
+Visitor = Visit[SignedIn]
+V = TypeVar("V", bound=Visit[Any])
+
+
+class Site(Generic[U, V]):
+    """What the portal and the staff console do alike: tell who is asking (language, client
+    address, session cookie and the session behind it), check forms, and answer with pages
+    and redirects that carry the session cookie. Each has its own sessions, cookie, catalogue
+    and templates; ``home`` is where a visit without a page of ours to return to goes."""
+
     def __init__(
         self,
         settings: Settings,
-        store: Store,
-        keyring: Keyring,
-        accounts: Accounts,
-        on_queued: Callable[[], None] | None,
+        sessions: CookieSessions[U],
+        translations: dict[str, gettext.GNUTranslations],
+        templates: str,
+        *,
+        visit: type[V],
+        home: str,
+        state: str,
     ) -> None:
         self.settings = settings
-        self.store = store
-        self.sessions = Sessions(
-            store, keyring.derive("sigillo portal form tokens"), https=settings.portal.https
-        )
-        self.accounts = accounts
-        self.conversations = Conversations(settings, store, keyring)
-        self.outbox = Outbox(settings, store, keyring, on_queued)
-        self.translations = {lang: i18n.load_translations(lang) for lang in i18n.LANGUAGES}
-        templates = resources.files("sigillo.portal").joinpath("templates")
+        self.sessions = sessions
+        self.translations = translations
         self.templates: dict[str, Environment] = {}
-        for lang, translations in self.translations.items():
+        for lang, catalogue in translations.items():
             env = Environment(
-                loader=FileSystemLoader(str(templates)),
+                loader=FileSystemLoader(templates),
                 autoescape=select_autoescape(default=True, default_for_string=True),
                 extensions=["jinja2.ext.i18n"],
                 trim_blocks=True,
                 lstrip_blocks=True,
             )
-            env.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
+            env.install_gettext_translations(catalogue, newstyle=True)  # type: ignore[attr-defined]
             self.templates[lang] = env
+        self._visit = visit
+        self.home = home
+        self._state = state
+        """The request state attribute a request's visit is kept in, once looked up."""
 
-    # -- who is asking -----------------------------------------------------------------
+    # -- who is asking -------------------------------------------------------------------
 
-    def stranger(self, request: Request) -> Visitor:
-        """The visitor as far as it can be known without the database: language, client
+    def stranger(self, request: Request) -> V:
+        """The visit as far as it can be known without the database: language, client
         address, cookie value (a fresh one when missing or malformed)."""
         lang = request.cookies.get(LANG_COOKIE)
         if lang not in i18n.LANGUAGES:
@@ -129,73 +163,151 @@ class Portal:
             )
         client = request.client.host if request.client else "-"
         cookie = request.cookies.get(self.sessions.cookie_name, "")
-        visitor = Visitor(cookie, None, lang, client, self.translations[lang])
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        if local_page(here):
-            visitor.here = here
+        visit = self._visit(
+            cookie,
+            None,
+            lang,
+            client,
+            self.translations[lang],
+            here if local_page(here) else self.home,
+        )
         if not 16 <= len(cookie) <= 64:
-            visitor.cookie, visitor.send_cookie = new_cookie_value(), True
-        return visitor
+            visit.cookie, visit.send_cookie = new_cookie_value(), True
+        return visit
 
-    async def visitor(self, request: Request) -> Visitor:
-        cached: Visitor | None = getattr(request.state, "visitor", None)
+    async def visit(self, request: Request) -> V:
+        """The visit with its session, looked up once per request (a timed-out session
+        ends, and the visit gets a fresh cookie)."""
+        cached: V | None = getattr(request.state, self._state, None)
         if cached is not None:
             return cached
-        visitor = self.stranger(request)
-        if not visitor.send_cookie:
+        visit = self.stranger(request)
+        if not visit.send_cookie:
             now = utcnow()
-            found = await self.sessions.lookup(visitor.cookie, now)
-            visitor.user, visitor.expired = found.user, found.expired
+            found = await self.sessions.lookup(visit.cookie, now)
+            visit.user, visit.expired = found.user, found.expired
             if found.expired:
-                visitor.cookie, visitor.send_cookie = new_cookie_value(), True
+                visit.cookie, visit.send_cookie = new_cookie_value(), True
             elif found.user is not None and found.touch:
                 await self.sessions.touch(found.user, now)
-        request.state.visitor = visitor
-        return visitor
+        setattr(request.state, self._state, visit)
+        return visit
+
+    def signed_in(self, visit: V, cookie: str) -> None:
+        visit.cookie, visit.send_cookie = cookie, True
+
+    def signed_out(self, visit: V) -> None:
+        visit.user = None
+        visit.cookie, visit.send_cookie = new_cookie_value(), True
+
+    # -- forms ---------------------------------------------------------------------------
+
+    async def form(
+        self, request: Request, visit: V, *, limit: int = FORM_LIMIT, files: int = 0
+    ) -> FormData:
+        """The submitted form, after its token is checked; 403 without a valid one, 413 when
+        the body is larger than ``limit``."""
+        form = await read_form(request, limit=limit, files=files)
+        if not self.sessions.tokens.valid(visit.cookie, form.get("csrf_token")):
+            await form.close()
+            raise HTTPException(403)
+        return form
+
+    async def switch_language(self, request: Request, visit: V) -> Response:
+        """The language switch: back to the page it was on, with the chosen language's
+        cookie (an unknown language changes nothing)."""
+        form = await self.form(request, visit)
+        lang = form.get("lang")
+        back = form.get("back")
+        target = back if isinstance(back, str) and local_page(back) else self.home
+        response = self.redirect(visit, target)
+        if isinstance(lang, str) and lang in i18n.LANGUAGES:
+            response.set_cookie(
+                LANG_COOKIE,
+                lang,
+                max_age=365 * 86400,
+                path="/",
+                httponly=True,
+                secure=self.sessions.https,
+                samesite="lax",
+            )
+        return response
+
+    # -- responses -----------------------------------------------------------------------
+
+    def _page_context(self, visit: V) -> dict[str, Any]:
+        """What this site's templates see of the visit besides what every template sees."""
+        return {}
+
+    def render(self, visit: V, template: str, *, status: int = 200, **context: Any) -> Response:
+        env = self.templates[visit.lang]
+        context.setdefault("here", visit.here)
+        page = env.get_template(template).render(
+            lang=visit.lang,
+            languages=i18n.LANGUAGE_NAMES,
+            **self._page_context(visit),
+            csrf_token=self.sessions.tokens.token(visit.cookie),
+            fmt=i18n.Formats(visit.lang, self.settings.portal.timezone),
+            **context,
+        )
+        return self.finish(visit, HTMLResponse(page, status_code=status))
+
+    def redirect(self, visit: V, url: str) -> Response:
+        return self.finish(visit, RedirectResponse(url, status_code=303))
+
+    def finish(self, visit: V, response: Response) -> Response:
+        if visit.send_cookie:
+            response.set_cookie(
+                self.sessions.cookie_name,
+                visit.cookie,
+                path="/",
+                httponly=True,
+                secure=self.sessions.https,
+                samesite="lax",
+            )
+        return response
+
+
+class Portal(Site[SignedIn, Visitor]):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        keyring: Keyring,
+        accounts: Accounts,
+        on_queued: Callable[[], None] | None,
+    ) -> None:
+        super().__init__(
+            settings,
+            Sessions(
+                store,
+                FormTokens(lambda: keyring.derive_all("sigillo portal form tokens")),
+                https=settings.portal.https,
+            ),
+            {lang: i18n.load_translations(lang) for lang in i18n.LANGUAGES},
+            str(resources.files("sigillo.portal").joinpath("templates")),
+            visit=Visitor,
+            home="/login",
+            state="visitor",
+        )
+        self.store = store
+        self.accounts = accounts
+        self.conversations = Conversations(settings, store, keyring)
+        self.outbox = Outbox(settings, store, keyring, on_queued)
+
+    async def visitor(self, request: Request) -> Visitor:
+        return await self.visit(request)
 
     async def member(self, request: Request) -> tuple[Visitor, SignedIn]:
-        visitor = await self.visitor(request)
+        visitor = await self.visit(request)
         if visitor.user is None:
             after = request.url.path if request.method == "GET" else "/conversations"
             raise SignInRequired(after)
         return visitor, visitor.user
 
-    def signed_in(self, visitor: Visitor, cookie: str) -> None:
-        visitor.cookie, visitor.send_cookie = cookie, True
-
-    def signed_out(self, visitor: Visitor) -> None:
-        visitor.user = None
-        visitor.cookie, visitor.send_cookie = new_cookie_value(), True
-
-    # -- forms -------------------------------------------------------------------------
-
-    async def form(
-        self, request: Request, visitor: Visitor, *, limit: int = FORM_LIMIT, files: int = 0
-    ) -> FormData:
-        """The submitted form, after its token is checked; 403 without a valid one, 413 when
-        the body is larger than ``limit``."""
-        form = await read_form(request, limit=limit, files=files)
-        if not self.sessions.csrf_valid(visitor.cookie, form.get("csrf_token")):
-            await form.close()
-            raise HTTPException(403)
-        return form
-
-    # -- responses ---------------------------------------------------------------------
-
-    def render(
-        self, visitor: Visitor, template: str, *, status: int = 200, **context: Any
-    ) -> Response:
-        env = self.templates[visitor.lang]
-        context.setdefault("here", visitor.here)
-        page = env.get_template(template).render(
-            lang=visitor.lang,
-            languages=i18n.LANGUAGE_NAMES,
-            user=visitor.user,
-            csrf_token=self.sessions.csrf_token(visitor.cookie),
-            fmt=i18n.Formats(visitor.lang, self.settings.portal.timezone),
-            **context,
-        )
-        return self.finish(visitor, HTMLResponse(page, status_code=status))
+    def _page_context(self, visit: Visitor) -> dict[str, Any]:
+        return {"user": visit.user}
 
     async def expired(self, visitor: Visitor, conversation: Conversation) -> Response:
         """The page of a conversation past its expiry: no content, and whom to contact."""
@@ -206,21 +318,6 @@ class Portal:
             expired_at=self.conversations.expires_at(conversation),
             contact=await self.conversations.contact(conversation),
         )
-
-    def redirect(self, visitor: Visitor, url: str) -> Response:
-        return self.finish(visitor, RedirectResponse(url, status_code=303))
-
-    def finish(self, visitor: Visitor, response: Response) -> Response:
-        if visitor.send_cookie:
-            response.set_cookie(
-                self.sessions.cookie_name,
-                visitor.cookie,
-                path="/",
-                httponly=True,
-                secure=self.sessions.https,
-                samesite="lax",
-            )
-        return response
 
 
 async def read_form(request: Request, *, limit: int, files: int = 0) -> FormData:

@@ -7,19 +7,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sigillo.portal import i18n
 from sigillo.portal.accounts import MAX_ADDRESS, normalise_address
-from sigillo.portal.pages.base import LANG_COOKIE, local_page
-from sigillo.portal.passwords import MAX_LENGTH, Problem, check_new_password
+from sigillo.portal.pages.base import form_text, utcnow
+from sigillo.portal.passwords import MAX_LENGTH, check_new_password, problem_messages
 from sigillo.staff import totp
 from sigillo.staff.pages.base import (
     PREFIX,
     Console,
     Page,
     Visit,
-    form_text,
     safe_next,
-    utcnow,
 )
 from sigillo.staff.roles import ORDER
 from sigillo.staff.signin import Enrol, EnrolTarget, SignIn
@@ -31,23 +28,6 @@ PASSWORD_FIELD = MAX_LENGTH * 4
 def grouped(secret: str) -> str:
     """The key in groups of four, as people copy it into an app by hand."""
     return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
-
-
-def problem_messages(visit: Visit, problems: list[Problem]) -> list[str]:
-    """The password rules' verdicts in the member's language (the portal's rules and
-    wording; staff passwords follow the same NIST/OWASP rules)."""
-    _ = visit.gettext
-    text = {
-        Problem.TOO_SHORT: _("The password must have at least 12 characters."),
-        Problem.TOO_LONG: _("The password must have at most 128 characters."),
-        Problem.COMMON: _(
-            "This password is among the most commonly used ones, which attackers try first. "
-            "Please choose another."
-        ),
-        Problem.CONTAINS_ADDRESS: _("The password must not contain your email address."),
-        Problem.MISMATCH: _("The two passwords are not the same."),
-    }
-    return [text[p] for p in problems]
 
 
 def routes(console: Console) -> list[Route]:
@@ -123,7 +103,9 @@ def routes(console: Console) -> list[Route]:
         password = form_text(form.get("password"), PASSWORD_FIELD)
         confirm = form_text(form.get("password_confirm"), PASSWORD_FIELD)
         code = form_text(form.get("code"), 16)
-        errors = problem_messages(visit, check_new_password(password, confirm, target.email))
+        errors = problem_messages(
+            visit.gettext, check_new_password(password, confirm, target.email)
+        )
         if errors:
             return _enrol_page(console, visit, target, errors=errors, status=400)
         result = await console.signin.enrol(target, token, password, code, visit.client, now)
@@ -140,30 +122,12 @@ def routes(console: Console) -> list[Route]:
         console.signed_in(visit, result.cookie)
         return console.redirect(visit, HOME)
 
-    async def language(request: Request, visit: Visit) -> Response:
-        form = await console.form(request, visit)
-        lang = form.get("lang")
-        back = form.get("back")
-        target = back if isinstance(back, str) and local_page(back) else HOME
-        response = console.redirect(visit, target)
-        if isinstance(lang, str) and lang in i18n.LANGUAGES:
-            response.set_cookie(
-                LANG_COOKIE,
-                lang,
-                max_age=365 * 86400,
-                path="/",
-                httponly=True,
-                secure=console.sessions.https,
-                samesite="lax",
-            )
-        return response
-
     return [
         console.page(HOME, landing, roles=ORDER),
         console.public(f"{PREFIX}/login", login, methods=("GET", "POST")),
         console.public(f"{PREFIX}/logout", logout, methods=("POST",)),
         console.public(f"{PREFIX}/enrol/{{token}}", enrol, methods=("GET", "POST")),
-        console.public(f"{PREFIX}/lang", language, methods=("POST",)),
+        console.public(f"{PREFIX}/lang", console.switch_language, methods=("POST",)),
     ]
 
 

@@ -53,27 +53,25 @@ Strings go through ``_()``; their translations live in ``.po`` files under
 
 from __future__ import annotations
 
-import gettext
 from collections.abc import Awaitable, Callable, Collection, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from sigillo.config import Settings
 from sigillo.portal import i18n
-from sigillo.portal.pages.base import LANG_COOKIE, local_page, read_form
+from sigillo.portal.pages import base as portal
+from sigillo.portal.pages.base import form_text, local_page, utcnow
 from sigillo.portal.passwords import PasswordHasher
-from sigillo.portal.sessions import new_cookie_value
+from sigillo.portal.sessions import FormTokens
 from sigillo.staff.sessions import SignedInStaff, StaffSessions
 from sigillo.staff.signin import StaffSignIn
 from sigillo.store import audit
@@ -91,10 +89,6 @@ FORM_PURPOSE = "sigillo staff form tokens"
 def N_(message: str) -> str:
     """Marks a message for extraction where it is translated later (navigation labels)."""
     return message
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def safe_next(value: object) -> str | None:
@@ -138,20 +132,8 @@ class NavItem:
 
 
 @dataclass
-class Visit:
+class Visit(portal.Visit[SignedInStaff]):
     """One request as far as the console knows it, signed in or not."""
-
-    cookie: str
-    user: SignedInStaff | None
-    lang: str
-    client: str
-    translations: gettext.GNUTranslations = field(repr=False)
-    here: str = PREFIX + "/"
-    expired: bool = False
-    send_cookie: bool = False
-
-    def gettext(self, message: str) -> str:
-        return self.translations.gettext(message)
 
     def member(self) -> StaffMember | None:
         if self.user is None:
@@ -236,51 +218,33 @@ class Page:
         )
 
 
-def form_text(value: object, limit: int) -> str:
-    """A form field as text, cut just past ``limit`` so an oversized value is still refused
-    as too long; text that cannot be UTF-8 (lone surrogates) is no text at all."""
-    if not isinstance(value, str):
-        return ""
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return ""
-    return value[: limit + 1]
-
-
 Handler = Callable[[Page], Awaitable[Response]]
 PublicHandler = Callable[[Request, Visit], Awaitable[Response]]
 
 
-class Console:
+class Console(portal.Site[SignedInStaff, Visit]):
     """The console's shared state, built once by ``create_console``."""
 
     def __init__(
         self, settings: Settings, store: Store, keyring: Keyring, hasher: PasswordHasher
     ) -> None:
-        self.settings = settings
+        super().__init__(
+            settings,
+            StaffSessions(
+                store,
+                FormTokens(lambda: keyring.derive_all(FORM_PURPOSE)),
+                https=settings.portal.https,
+            ),
+            {lang: i18n.load_catalogues("sigillo.staff", lang) for lang in i18n.LANGUAGES},
+            str(resources.files("sigillo.staff").joinpath("templates")),
+            visit=Visit,
+            home=PREFIX + "/",
+            state="staff_visit",
+        )
         self.store = store
         self.keyring = keyring
-        self.sessions = StaffSessions(
-            store, keyring.derive(FORM_PURPOSE), https=settings.portal.https
-        )
         self.signin = StaffSignIn(store, keyring, hasher)
         self.nav: list[NavItem] = []
-        self.translations = {
-            lang: i18n.load_catalogues("sigillo.staff", lang) for lang in i18n.LANGUAGES
-        }
-        templates = str(resources.files("sigillo.staff").joinpath("templates"))
-        self.templates: dict[str, Environment] = {}
-        for lang, translations in self.translations.items():
-            env = Environment(
-                loader=FileSystemLoader(templates),
-                autoescape=select_autoescape(default=True, default_for_string=True),
-                extensions=["jinja2.ext.i18n"],
-                trim_blocks=True,
-                lstrip_blocks=True,
-            )
-            env.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
-            self.templates[lang] = env
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -322,58 +286,16 @@ class Console:
 
         return Route(_relative(path), endpoint, methods=list(methods))
 
-    # -- who is asking -----------------------------------------------------------------------
+    # -- forms ---------------------------------------------------------------------------
 
-    def stranger(self, request: Request) -> Visit:
-        """The visit as far as it is known without the database."""
-        lang = request.cookies.get(LANG_COOKIE)
-        if lang not in i18n.LANGUAGES:
-            lang = i18n.negotiate(
-                request.headers.get("accept-language"), self.settings.portal.default_language
-            )
-        client = request.client.host if request.client else "-"
-        cookie = request.cookies.get(self.sessions.cookie_name, "")
-        visit = Visit(cookie, None, lang, client, self.translations[lang])
-        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        if local_page(here):
-            visit.here = here
-        if not 16 <= len(cookie) <= 64:
-            visit.cookie, visit.send_cookie = new_cookie_value(), True
-        return visit
-
-    async def visit(self, request: Request) -> Visit:
-        cached: Visit | None = getattr(request.state, "staff_visit", None)
-        if cached is not None:
-            return cached
-        visit = self.stranger(request)
-        if not visit.send_cookie:
-            now = utcnow()
-            found = await self.sessions.lookup(visit.cookie, now)
-            visit.user, visit.expired = found.user, found.expired
-            if found.expired:
-                visit.cookie, visit.send_cookie = new_cookie_value(), True
-            elif found.user is not None and found.touch:
-                await self.sessions.touch(found.user, now)
-        request.state.staff_visit = visit
-        return visit
-
-    def signed_in(self, visit: Visit, cookie: str) -> None:
-        visit.cookie, visit.send_cookie = cookie, True
-
-    def signed_out(self, visit: Visit) -> None:
-        visit.user = None
-        visit.cookie, visit.send_cookie = new_cookie_value(), True
-
-    async def form(self, request: Request, visit: Visit, *, limit: int = FORM_LIMIT) -> FormData:
+    async def form(
+        self, request: Request, visit: Visit, *, limit: int = FORM_LIMIT, files: int = 0
+    ) -> FormData:
         """A POST's form once its token is checked (403 without a valid one); empty for
         other methods."""
         if request.method != "POST":
             return FormData()
-        form = await read_form(request, limit=limit)
-        if not self.sessions.tokens.valid(visit.cookie, form.get("csrf_token")):
-            await form.close()
-            raise HTTPException(403)
-        return form
+        return await super().form(request, visit, limit=limit, files=files)
 
     # -- responses -----------------------------------------------------------------------
 
@@ -382,39 +304,13 @@ class Console:
             return []
         return [item for item in self.nav if member.has(*item.roles)]
 
-    def render(self, visit: Visit, template: str, *, status: int = 200, **context: Any) -> Response:
-        env = self.templates[visit.lang]
+    def _page_context(self, visit: Visit) -> dict[str, Any]:
         member = visit.member()
-        context.setdefault("here", visit.here)
-        page = env.get_template(template).render(
-            lang=visit.lang,
-            languages=i18n.LANGUAGE_NAMES,
-            member=member,
-            nav=self.nav_for(member),
-            csrf_token=self.sessions.tokens.token(visit.cookie),
-            fmt=i18n.Formats(visit.lang, self.settings.portal.timezone),
-            **context,
-        )
-        return self.finish(visit, HTMLResponse(page, status_code=status))
-
-    def redirect(self, visit: Visit, url: str) -> Response:
-        return self.finish(visit, RedirectResponse(url, status_code=303))
+        return {"member": member, "nav": self.nav_for(member)}
 
     def sign_in_redirect(self, visit: Visit, after: str) -> Response:
         ended = "&ended=1" if visit.expired else ""
         return self.redirect(visit, f"{PREFIX}/login?next={quote(after, safe='/')}{ended}")
-
-    def finish(self, visit: Visit, response: Response) -> Response:
-        if visit.send_cookie:
-            response.set_cookie(
-                self.sessions.cookie_name,
-                visit.cookie,
-                path="/",
-                httponly=True,
-                secure=self.sessions.https,
-                samesite="lax",
-            )
-        return response
 
     def error_page(self, visit: Visit, status: int) -> Response:
         _ = visit.gettext
