@@ -102,17 +102,20 @@ async def test_an_intact_chain_verifies(store: Store) -> None:
 async def test_entries_of_one_transaction_chain_and_a_rollback_leaves_no_trace(
     store: Store,
 ) -> None:
-    def three(session: Session, fail: bool) -> None:
-        for i in range(3):
+    def three(session: Session, fail: bool) -> list[int]:
+        seqs = [
             audit.record(session, f"test.batch{i}", actor="anna@example.net", at=T0)
+            for i in range(3)
+        ]
         if fail:
             raise RuntimeError("the action failed, so its entries must not exist")
+        return seqs
 
-    await store.write(lambda session: three(session, False))
+    assert await store.write(lambda session: three(session, False)) == [1, 2, 3]
     with pytest.raises(RuntimeError):
         await store.write(lambda session: three(session, True))
     await append(store, 2)
-    await store.write(lambda session: three(session, False))
+    assert await store.write(lambda session: three(session, False)) == [6, 7, 8]
     assert sorted(await rows(store)) == list(range(1, 9))
     report = await audit.verify(store)
     assert report.ok and report.entries == 8 and report.head_seq == 8

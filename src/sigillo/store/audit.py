@@ -96,7 +96,8 @@ def record(
     conversation_id: int | None = None,
     message_id: str | None = None,
     details: dict[str, object] | None = None,
-) -> None:
+) -> int:
+    """Append an entry in ``session``'s transaction; its position in the chain (``seq``)."""
     chain: tuple[int, str] | None = session.info.get(_CHAIN)
     if chain is None:
         # The transaction's first entry: the UPDATE comes first, so it takes the head's row
@@ -135,6 +136,7 @@ def record(
         )
     )
     session.info[_CHAIN] = (seq, digest)
+    return int(seq)
 
 
 _CHAIN = "sigillo.audit.chain"

@@ -40,7 +40,6 @@ from sigillo.staff.pages.base import N_, Console, NavItem, Page
 from sigillo.store.crypto import Keyring
 from sigillo.store.models import (
     AuditEvent,
-    AuditHead,
     Conversation,
     ConversationMessage,
     DomainPolicy,
@@ -324,7 +323,7 @@ def routes(console: Console) -> list[Route]:
         earlier = await openings(cid)
 
         def record(session: Session) -> int:
-            page.audit(
+            return page.audit(
                 session,
                 OPENED,
                 conversation_id=cid,
@@ -334,10 +333,6 @@ def routes(console: Console) -> list[Route]:
                     "messages": len(shown),
                 },
             )
-            # The entry just appended: the head row, locked by this transaction until it
-            # commits, holds its position.
-            seq = session.execute(select(AuditHead.seq).where(AuditHead.id == 1)).scalar_one()
-            return int(seq)
 
         opening = await store.write(record)
         response = page.render(

@@ -184,9 +184,10 @@ class Page:
         conversation_id: int | None = None,
         message_id: str | None = None,
         details: dict[str, object] | None = None,
-    ) -> None:
-        """An audit entry by this member, in the caller's ``store.write`` transaction."""
-        audit.record(
+    ) -> int:
+        """An audit entry by this member, in the caller's ``store.write`` transaction; its
+        ``seq``."""
+        return audit.record(
             session,
             action,
             actor=self.member.email,
