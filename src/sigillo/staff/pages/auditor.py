@@ -83,7 +83,9 @@ def _conditions(filters: Filters, zone: str) -> list[ColumnElement[bool]]:
 
 
 @dataclass(frozen=True)
-class Entry:
+class LogLine:
+    """An audit entry as the auditor's page lists it."""
+
     seq: int
     at: datetime
     actor: str
@@ -148,7 +150,7 @@ def routes(console: Console) -> list[Route]:
             ).all()
             actions = (await session.execute(select(AuditEvent.action).distinct())).scalars().all()
         entries = [
-            Entry(
+            LogLine(
                 seq,
                 at,
                 actor,
