@@ -47,8 +47,8 @@ Templates live in ``sigillo/staff/templates``, extend ``base.html`` (blocks ``ti
 ``main``) and may import ``macros.html``. Every template sees ``member``, ``csrf_token``
 (put it in every POST form as ``<input type="hidden" name="csrf_token" ...>``), ``fmt``
 (dates and sizes in the member's language and the portal's time zone), ``lang`` and ``here``.
-Strings go through ``_()``; their translations live in ``.po`` files under
-``sigillo/staff/locale/<lang>/LC_MESSAGES/`` (every file there is loaded).
+Strings go through ``_()`` (``N_()`` for navigation labels); ``scripts/catalog.sh`` gathers
+them into ``sigillo/staff/locale/<lang>/LC_MESSAGES/staff.po``.
 """
 
 from __future__ import annotations
