@@ -27,41 +27,15 @@ LANGUAGE_NAMES = {"en": "English", "it": "Italiano"}
 """Each language named in itself, as a language switch shows it."""
 
 
-def load_translations(lang: str) -> gettext.GNUTranslations:
-    po = resources.files("sigillo.portal").joinpath(f"locale/{lang}/LC_MESSAGES/messages.po")
+def load_translations(
+    lang: str, package: str = "sigillo.portal", domain: str = "messages"
+) -> gettext.GNUTranslations:
+    """``package``'s catalogue ``locale/<lang>/LC_MESSAGES/<domain>.po``, compiled: the
+    portal's ``messages``, the staff console's ``staff`` (``sigillo.staff``)."""
+    po = resources.files(package).joinpath(f"locale/{lang}/LC_MESSAGES/{domain}.po")
     with po.open("rb") as source:
         catalog = read_po(source, locale=lang)
     return _compiled(catalog)
-
-
-def load_catalogues(package: str, lang: str) -> gettext.GNUTranslations:
-    """Every ``.po`` file under ``package``'s ``locale/<lang>/LC_MESSAGES/``, as one catalogue.
-
-    Several files let several areas of an application keep their strings apart (the staff
-    console's sign-in and administration pages in ``staff.po``, its other pages in files of
-    their own), so adding a page never means editing another page's catalogue. A message id
-    translated differently in two files is an error, never a silent choice.
-    """
-    folder = resources.files(package).joinpath(f"locale/{lang}/LC_MESSAGES")
-    merged = Catalog(locale=lang)
-    origin: dict[str, str] = {}
-    for po in sorted(
-        (entry for entry in folder.iterdir() if entry.name.endswith(".po")),
-        key=lambda entry: entry.name,
-    ):
-        with po.open("rb") as source:
-            catalog = read_po(source, locale=lang)
-        for message in catalog:
-            if not message.id or not isinstance(message.id, str) or message.fuzzy:
-                continue  # the header, plural entries (not used), unchecked translations
-            known = merged.get(message.id)
-            if known is not None and known.string != message.string:
-                raise ValueError(
-                    f"{po.name} and {origin[message.id]} translate {message.id!r} differently"
-                )
-            merged.add(message.id, message.string)
-            origin[message.id] = po.name
-    return _compiled(merged)
 
 
 def _compiled(catalog: Catalog) -> gettext.GNUTranslations:

@@ -236,7 +236,10 @@ class Console(portal.Site[SignedInStaff, Visit]):
                 FormTokens(lambda: keyring.derive_all(FORM_PURPOSE)),
                 https=settings.portal.https,
             ),
-            {lang: i18n.load_catalogues("sigillo.staff", lang) for lang in i18n.LANGUAGES},
+            {
+                lang: i18n.load_translations(lang, "sigillo.staff", "staff")
+                for lang in i18n.LANGUAGES
+            },
             str(resources.files("sigillo.staff").joinpath("templates")),
             visit=Visit,
             home=PREFIX + "/",
