@@ -1,7 +1,13 @@
 """The console's pages in headless Chromium: an agent opens a conversation for a stated
 purpose, an operator holds and releases a job, and the dashboard draws its SVG charts. Every
 page is checked with axe (WCAG 2.1 AA) and under the console's CSP, which must never have to
-block anything."""
+block anything.
+
+Then every page of the dashboard, operator, auditor and agent areas, with real content, on a
+phone and a desktop, in English and Italian: axe, the CSP, and no sideways scrolling. One
+browser and one running console serve all of those (module scope); each viewport and language
+gets one signed-in browser context, and each page a fresh tab in it.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, expect
+import pytest_asyncio
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, ViewportSize, expect
 
 from sigillo.gateway import queue
 from sigillo.store.models import JobState, StaffRole
-from tests.peers.browser import axe_violations, chromium, new_page, screenshot
+from tests.e2e.console_views import VIEWS, Furnished, View, furnish, layout_problems
+from tests.e2e.console_views import sign_in as sign_in_with_language
+from tests.peers.browser import DESKTOP, PHONE, axe_violations, chromium, new_page, screenshot
 from tests.staff import seed_pages as seed
 from tests.staff.harness import ConsoleHarness, Member, running_console, staff_settings
 
@@ -175,3 +184,72 @@ async def test_dashboard_draws_its_charts(
         await screenshot(page, tmp_path / "console-dashboard.png")
     finally:
         await context.close()
+
+
+# -- every page, phone and desktop, English and Italian ----------------------------------------
+
+VIEWPORTS: dict[str, ViewportSize] = {"phone": PHONE, "desktop": DESKTOP}
+LANGUAGES = ("en", "it")
+
+
+class Furnishings:
+    """The module's running console with its rows, one signed-in browser context per viewport
+    and language (made on first use), and where the phone screenshots go."""
+
+    def __init__(
+        self, browser: Browser, console: ConsoleHarness, furnished: Furnished, shots: Path
+    ) -> None:
+        self.browser = browser
+        self.console = console
+        self.furnished = furnished
+        self.shots = shots
+        self.contexts: dict[tuple[str, str], BrowserContext] = {}
+
+    async def context(self, viewport: str, lang: str) -> BrowserContext:
+        key = (viewport, lang)
+        if key not in self.contexts:
+            context, page = await new_page(
+                self.browser, viewport=VIEWPORTS[viewport], base_url=self.console.url
+            )
+            self.contexts[key] = context
+            await sign_in_with_language(page, self.console, self.furnished.member, lang)
+            await page.close()
+        return self.contexts[key]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def furnishings(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Furnishings]:
+    tmp = tmp_path_factory.mktemp("console-views")
+    async with (
+        chromium() as browser,
+        running_console(staff_settings(tmp, f"sqlite:///{tmp}/sigillo.db")) as console,
+    ):
+        shared = Furnishings(browser, console, await furnish(console), tmp / "phone")
+        try:
+            yield shared
+        finally:
+            for context in shared.contexts.values():
+                await context.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+@pytest.mark.parametrize("view", VIEWS, ids=[v.id for v in VIEWS])
+async def test_page_reads_well(
+    furnishings: Furnishings, view: View, viewport: str, lang: str
+) -> None:
+    context = await furnishings.context(viewport, lang)
+    page = await context.new_page()
+    watch = Watch(page)
+    try:
+        await view.show(page, furnishings.furnished)
+        await expect(page.locator("html")).to_have_attribute("lang", lang)
+        problems = [f"axe: {v}" for v in await axe_violations(page)]
+        problems += await layout_problems(page)
+        problems += watch.csp()
+        if viewport == "phone":
+            await screenshot(page, furnishings.shots / f"{view.id}-{lang}.png")
+    finally:
+        await page.close()
+    assert problems == [], f"{view.id} ({viewport}, {lang})"

@@ -261,3 +261,22 @@ def test_any_counts_give_well_formed_bars_within_the_plot(rows: list[tuple[int, 
 )
 def test_nice_axis(value: int, top: int, step: int) -> None:
     assert charts.nice_top(value) == (top, step)
+
+
+def test_a_legend_wider_than_the_chart_wraps_and_the_plot_moves_down() -> None:
+    many = tuple(
+        Series(f"Reason number {i} with a long name", colour)
+        for i, colour in enumerate((charts.BLUE, charts.VERMILLION) * 3)
+    )
+    root = parse(columns(series=many, values=[[1] * 6, [0] * 6, [2] * 6]))
+    labels = [
+        t for g in root.iter(f"{NS}g") if g.get("class") == "legend" for t in g.iter(f"{NS}text")
+    ]
+    assert len(labels) == 6
+    rows = sorted({float(t.get("y", 0)) for t in labels})
+    assert len(rows) > 1  # wrapped
+    for t in labels:
+        estimate = float(t.get("x", 0)) + len(t.text or "") * charts.FONT * 0.6
+        assert estimate <= charts.WIDTH, t.text  # nothing drawn past the right edge
+    # Every bar starts below the last legend row.
+    assert min(float(r.get("y", 0)) for r in bars(root)) > rows[-1]

@@ -121,23 +121,51 @@ def _n(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
-def _legend(svg: ET.Element, series: Sequence[Series], y: float, line: bool = False) -> None:
-    x = 0.0
+LEGEND_ROW = FONT + 10.0
+"""Distance between legend rows: a legend wider than the chart wraps instead of being cut."""
+
+
+def _legend_rows(series: Sequence[Series], line: bool = False) -> list[tuple[float, int, Series]]:
+    """Where each legend entry goes: (x, row, series)."""
+    x, row = 0.0, 0
+    placed = []
     for item in series:
+        # A rough width: labels are short words, and the table below carries them as well.
+        width = (26 if line else 18) + len(item.label) * FONT * 0.6
+        if x > 0 and x + width > WIDTH:
+            x, row = 0.0, row + 1
+        placed.append((x, row, item))
+        x += width + 24
+    return placed
+
+
+def _legend_extra(series: Sequence[Series], line: bool = False) -> float:
+    """The height the legend's rows after its first one take."""
+    placed = _legend_rows(series, line)
+    return placed[-1][1] * LEGEND_ROW if placed else 0.0
+
+
+def _legend(svg: ET.Element, series: Sequence[Series], y: float, line: bool = False) -> None:
+    for x, row, item in _legend_rows(series, line):
+        baseline = y + row * LEGEND_ROW
         group = ET.SubElement(svg, "g", {"class": "legend"})
         if line:
-            _line_sample(group, x, y - 4, item)
+            _line_sample(group, x, baseline - 4, item)
             x += 26
         else:
             ET.SubElement(
                 group,
                 "rect",
-                {"x": _n(x), "y": _n(y - 11), "width": "12", "height": "12", "fill": item.colour},
+                {
+                    "x": _n(x),
+                    "y": _n(baseline - 11),
+                    "width": "12",
+                    "height": "12",
+                    "fill": item.colour,
+                },
             )
             x += 18
-        _text(group, x, y, item.label)
-        # A rough width: labels are short words, and the table below carries them as well.
-        x += len(item.label) * FONT * 0.6 + 24
+        _text(group, x, baseline, item.label)
 
 
 def _line_sample(group: ET.Element, x: float, y: float, item: Series) -> None:
@@ -228,7 +256,7 @@ def stacked_columns(
     _check(categories, series, values)
     svg = _svg(ident, title, desc, height)
     _legend(svg, series, FONT + 2)
-    left, right, top, bottom = 44.0, 28.0, FONT * 2 + 14.0, 40.0
+    left, right, top, bottom = 44.0, 28.0, FONT * 2 + 14.0 + _legend_extra(series), 40.0
     plot_w, plot_h = WIDTH - left - right, height - top - bottom
     totals = [sum(row) for row in values]
     empty = not categories or max(totals, default=0) == 0
@@ -329,9 +357,13 @@ def share_bar(
     """One horizontal bar split into each series' share of the whole, percentages in text."""
     if len(values) != len(series) or any(v < 0 for v in values):
         raise ValueError("one non-negative value per series")
-    height = 96
-    svg = _svg(ident, title, desc, height)
     total = sum(values)
+    shown = [
+        Series(f"{s.label} {percent(v / total)}" if total else s.label, s.colour)
+        for s, v in zip(series, values, strict=True)
+    ]
+    height = int(96 + _legend_extra(shown))
+    svg = _svg(ident, title, desc, height)
     top, bar_h = 10.0, 36.0
     if total == 0:
         _no_data(svg, top, bar_h, no_data)
@@ -358,10 +390,6 @@ def share_bar(
             )
             _tooltip(rect, f"{item.label}: {percent(value / total)} ({number(value)})")
             x += w
-    shown = [
-        Series(f"{s.label} {percent(v / total)}" if total else s.label, s.colour)
-        for s, v in zip(series, values, strict=True)
-    ]
     _legend(svg, shown, top + bar_h + 30)
     table = Table(
         title,
@@ -391,7 +419,7 @@ def stacked_bars(
     (a reason)."""
     _check(categories, series, values)
     row_h, label_w = 28.0, 230.0
-    top = FONT * 2 + 14.0
+    top = FONT * 2 + 14.0 + _legend_extra(series)
     height = int(top + max(len(categories), 3) * row_h + 8)
     svg = _svg(ident, title, desc, height)
     _legend(svg, series, FONT + 2)
@@ -459,7 +487,7 @@ def lines(
     _check(categories, series, values)
     svg = _svg(ident, title, desc, height)
     _legend(svg, series, FONT + 2, line=True)
-    left, right, top, bottom = 44.0, 28.0, FONT * 2 + 14.0, 40.0
+    left, right, top, bottom = 44.0, 28.0, FONT * 2 + 14.0 + _legend_extra(series, True), 40.0
     plot_w, plot_h = WIDTH - left - right, height - top - bottom
     peak = max((v for row in values for v in row), default=0)
     empty = not categories or peak == 0
