@@ -50,7 +50,7 @@ async def furnish(console: ConsoleHarness) -> Furnished:
     written by the portal and the console as they write them."""
     now = datetime.now(UTC)
     msg = await seed.message(console.store, console.keyring, now)
-    plan = [
+    plan: seed.Plan = [
         (JobState.DELIVERED, True, None, 4),
         (JobState.DELIVERED, False, None, 2),
         (JobState.PORTAL, None, seed.NO_STARTTLS, 2),
@@ -58,21 +58,7 @@ async def furnish(console: ConsoleHarness) -> Furnished:
         (JobState.PORTAL, None, seed.POLICY, 1),
         (JobState.BOUNCED, None, "550 5.1.1 no such user", 1),
     ]
-    n = 0
-    for state, verified, reason, count in plan:
-        for _ in range(count):
-            n += 1
-            await seed.copy(
-                console.store,
-                msg,
-                f"r{n}@d{n % 4}.example",
-                state=state,
-                at=now,
-                reason=reason,
-                verified=verified,
-                tls_version="TLSv1.3" if state is JobState.DELIVERED else None,
-                outcome="tls" if state is JobState.DELIVERED else state.value,
-            )
+    await seed.copies(console.store, msg, plan, now)
     finished = await seed.copy(
         console.store,
         msg,

@@ -141,7 +141,7 @@ async def test_dashboard_draws_its_charts(
 ) -> None:
     now = datetime.now(UTC)
     msg = await seed.message(console.store, console.keyring, now)
-    plan = [
+    plan: seed.Plan = [
         (JobState.DELIVERED, True, None, 6),
         (JobState.DELIVERED, False, None, 2),
         (JobState.PORTAL, None, seed.NO_STARTTLS, 3),
@@ -149,21 +149,7 @@ async def test_dashboard_draws_its_charts(
         (JobState.PORTAL, None, seed.POLICY, 1),
         (JobState.BOUNCED, None, "550 no such user", 1),
     ]
-    n = 0
-    for state, verified, reason, count in plan:
-        for _ in range(count):
-            n += 1
-            await seed.copy(
-                console.store,
-                msg,
-                f"r{n}@d{n % 4}.example",
-                state=state,
-                at=now,
-                reason=reason,
-                verified=verified,
-                tls_version="TLSv1.3" if state is JobState.DELIVERED else None,
-                outcome="tls" if state is JobState.DELIVERED else state.value,
-            )
+    await seed.copies(console.store, msg, plan, now)
     await seed.activity(console.store, "portal.register", now)
     await seed.activity(console.store, "portal.reply", now)
     member = await console.member("aud@org.example", StaffRole.AUDITOR)

@@ -103,6 +103,29 @@ async def copy(
     return await store.write(write)
 
 
+Plan = list[tuple[JobState, bool | None, str | None, int]]
+"""(final state, certificate verified, reason, how many copies)."""
+
+
+async def copies(store: Store, message_id: str, plan: Plan, at: datetime) -> None:
+    """Copies of one message as the plan lists them, to recipients spread over four domains."""
+    n = 0
+    for state, verified, reason, count in plan:
+        for _ in range(count):
+            n += 1
+            await copy(
+                store,
+                message_id,
+                f"r{n}@d{n % 4}.example",
+                state=state,
+                at=at,
+                reason=reason,
+                verified=verified,
+                tls_version="TLSv1.3" if state is JobState.DELIVERED else None,
+                outcome="tls" if state is JobState.DELIVERED else state.value,
+            )
+
+
 async def activity(
     store: Store, action: str, at: datetime, actor: str = "pat@patients.example"
 ) -> None:
