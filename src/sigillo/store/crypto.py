@@ -29,7 +29,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -145,6 +145,9 @@ class _Loaded:
 
     keyset: KeySet
     stamp: _Stamp | None
+    derived: dict[str, tuple[bytes, ...]] = field(default_factory=dict, compare=False)
+    """``derive_all`` results by purpose: form tokens are made and checked on every page, and
+    this cache goes with the keys it came from when the file is re-read."""
 
 
 def _stamp(st: os.stat_result) -> _Stamp:
@@ -355,9 +358,13 @@ class Keyring:
         sign with the first, accept any. A token signed just before a rotation then stays
         valid until its key is retired, after the rotation's grace period."""
         self.refresh()
-        keyset = self._loaded.keyset
-        order = (keyset.active, *keyset.older)
-        return tuple(_derive(keyset.keys[k], purpose) for k in order)
+        loaded = self._loaded
+        found = loaded.derived.get(purpose)
+        if found is None:
+            keyset = loaded.keyset
+            found = tuple(_derive(keyset.keys[k], purpose) for k in (keyset.active, *keyset.older))
+            loaded.derived[purpose] = found
+        return found
 
     def _unwrap(self, kek_id: str, message_id: str, wrapped: bytes) -> bytes:
         kek = self._loaded.keyset.keys.get(kek_id)
