@@ -237,11 +237,55 @@ class PortalSettings(_Section):
 class NotifySettings(_Section):
     from_: str = Field(default="secure@org.example", alias="from")
     include_subject: bool = False
+    dkim_selector: str = "sigillo"
+    """Notifications, DSNs and account mail are DKIM-signed for the domain of ``from`` under
+    this selector; ``sigillo dkim show`` prints the TXT record to publish."""
+    dkim_key_file: Path = Path("var/dkim.key")
+    """The RSA signing key (PEM, 0600), created on first run."""
+    auto_answer: bool = True
+    """Mail sent to the ``from`` address (a reply to a notification) gets one content-free
+    answer pointing to the portal; the mail itself is never kept."""
+
+    @field_validator("dkim_selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*", value):
+            raise ValueError(f"not a DKIM selector: {value!r} (letters, digits, '-', '.')")
+        return value
+
+    @property
+    def domain(self) -> str:
+        return self.from_.rpartition("@")[2].lower()
 
 
 class PhishingSettings(_Section):
     org_domains: list[str] = ["org.example"]
+    """The organisation's sending domains; their subdomains count as the organisation's."""
+    org_names: list[str] = []
+    """Names the organisation goes by ("Banca Amica"): a display name claiming one of them
+    from another domain is an imitation. The first label of each org domain always counts."""
     report_address: str = "phish-report@org.example"
+    """Suspect mail forwarded here is checked and kept for staff to review, never relayed."""
+    report_retention: Duration = timedelta(days=30)
+    """How long a report (and the mail it carries) is kept after it arrived."""
+    trusted_authserv_ids: list[str] = []
+    """Authentication-Results headers are believed only from these authserv-ids (the
+    organisation's own border MTAs, which strip forged ones; RFC 8601 section 5)."""
+    dkim_keys: dict[str, str] = {}
+    """Known DKIM public keys of the organisation's other mail servers, as
+    ``"selector._domainkey.domain" = "v=DKIM1; k=rsa; p=..."``; sigillo's own key is always
+    known. Checks verify these offline."""
+    dkim_dns: bool = False
+    """Also fetch DKIM keys from DNS (through ``[dns] nameservers``) for signatures no known
+    key covers. Off: such signatures are reported as unverifiable, never as passing."""
+
+    @field_validator("org_domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        domains = [d.strip().strip(".").lower() for d in value if d.strip()]
+        if not domains:
+            raise ValueError("org_domains must name at least one domain")
+        return domains
 
 
 class RetentionSettings(_Section):

@@ -219,6 +219,11 @@ class Account(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime]
     password_changed_at: Mapped[datetime]
+    phrase_kek_id: Mapped[str | None] = mapped_column(String(32))
+    phrase_wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    security_phrase: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The personal security phrase every notification shows, chosen at the first visit
+    (optional); sealed like message content under ``portal-phrase:<id>``."""
 
 
 class PortalSession(Base):
@@ -370,3 +375,33 @@ class DomainPolicy(Base):
     message_ttl_days``."""
     updated_at: Mapped[datetime]
     updated_by: Mapped[str] = mapped_column(String(320))
+
+
+class PhishingReport(Base):
+    """Suspect mail someone forwarded to ``[phishing] report_address``: the check's result in
+    the clear for the console's list, the mail itself sealed as a ``messages`` row (which no
+    job ever delivers)."""
+
+    __tablename__ = "phishing_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+    reporter: Mapped[str] = mapped_column(String(320))
+    """The envelope sender that forwarded it."""
+    message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id"), index=True)
+    """None once retention destroyed the mail."""
+    verdict: Mapped[str] = mapped_column(String(16))
+    findings: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    """``[{"code": ..., "severity": ...}]``: the codes only; the evidence is in the mail."""
+    reviewed_at: Mapped[datetime | None]
+    reviewed_by: Mapped[str | None] = mapped_column(String(320))
+
+
+class AutoAnswer(Base):
+    """When a sender last got the automatic answer to mail sent to the notification address:
+    at most one a day each (RFC 3834 section 2). Only a keyed hash of the address is kept."""
+
+    __tablename__ = "auto_answers"
+
+    sender_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    answered_at: Mapped[datetime] = mapped_column(index=True)
