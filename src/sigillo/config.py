@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -241,7 +249,8 @@ class NotifySettings(_Section):
     """Notifications, DSNs and account mail are DKIM-signed for the domain of ``from`` under
     this selector; ``sigillo dkim show`` prints the TXT record to publish."""
     dkim_key_file: Path = Path("var/dkim.key")
-    """The RSA signing key (PEM, 0600), created on first run."""
+    """The RSA signing key (PEM, 0600), created on first run. Unset: ``dkim.key`` beside
+    ``[storage] key_file``, so every key sigillo holds lives in one directory."""
     auto_answer: bool = True
     """Mail sent to the ``from`` address (a reply to a notification) gets one content-free
     answer pointing to the portal; the mail itself is never kept."""
@@ -337,6 +346,12 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     staff: StaffSettings = StaffSettings()
     storage: StorageSettings = StorageSettings()
+
+    @model_validator(mode="after")
+    def _dkim_key_beside_the_keyring(self) -> Settings:
+        if "dkim_key_file" not in self.notify.model_fields_set:
+            self.notify.dkim_key_file = self.storage.key_file.parent / "dkim.key"
+        return self
 
     model_config = SettingsConfigDict(
         env_prefix="SIGILLO_", env_nested_delimiter="__", extra="forbid", toml_file=None

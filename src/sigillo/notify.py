@@ -29,6 +29,10 @@ from sigillo.gateway.smtpclient import (
 
 log = structlog.get_logger("sigillo.notify")
 
+SEVEN_BIT = SMTP.clone(cte_type="7bit")
+"""For mail sigillo signs: text goes quoted-printable, CR LF line ends. A relay that converts
+8-bit text for a server without 8BITMIME would break the DKIM signature (RFC 6376 5.3)."""
+
 TOKEN_BYTES = 32
 """256-bit link tokens; only their SHA-256 is stored."""
 
@@ -43,15 +47,28 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def phrase_lines(phrase: str) -> str:
+    """The recipient's security phrase, in both languages, to open a mail of ours: first,
+    where a mail client's preview shows it."""
+    phrase = " ".join(phrase.split())
+    return (
+        f"Your security phrase: \u00ab{phrase}\u00bb\n"
+        f"La tua frase di sicurezza: \u00ab{phrase}\u00bb\n\n"
+    )
+
+
 @dataclass(frozen=True)
 class Notification:
     recipient: str
     link: str
     subject: str | None = None
     """The original subject, only when ``notify.include_subject`` is on."""
+    phrase: str | None = None
+    """The recipient's own security phrase (checked when chosen: short, printable, no link),
+    so that an imitation without it stands out."""
 
     def render(self, sender: str, hostname: str, now: datetime) -> bytes:
-        msg = EmailMessage(policy=SMTP)
+        msg = EmailMessage(policy=SEVEN_BIT)
         msg["From"] = sender
         msg["To"] = self.recipient
         msg["Date"] = format_datetime(now)
@@ -62,20 +79,43 @@ class Notification:
         # 3.11.10 (CVE-2024-6923).
         subject = " ".join((self.subject or "").split())[:200].replace("=?", "= ?")
         msg["Subject"] = f"Secure message: {subject}" if subject else "You have a secure message"
-        msg.set_content(
-            "You have received a secure message. For your protection it was not sent by\n"
-            "ordinary email. Open it here:\n\n"
-            f"    {self.link}\n\n"
-            "On your first visit you choose a password; it opens only the mail sent to\n"
-            "this address. We will never ask for your password by email.\n\n"
-            "---\n\n"
-            "Hai ricevuto un messaggio sicuro. Per proteggerti non è stato inviato per\n"
-            "email ordinaria. Aprilo qui:\n\n"
-            f"    {self.link}\n\n"
-            "Alla prima visita scegli una password; apre solo la posta inviata a questo\n"
-            "indirizzo. Non ti chiederemo mai la password per email.\n"
-        )
+        msg.set_content(self.text())
         return msg.as_bytes()
+
+    def text(self) -> str:
+        """The body, English then Italian. It asks for nothing and holds one link, once: a
+        recipient told "our mail has a single link, to the portal" can check that."""
+        if self.phrase:
+            head = phrase_lines(self.phrase)
+            english = (
+                "If an email claiming to be from us lacks your security phrase, it is not\n"
+                "ours. Sign in with your password to read the message."
+            )
+            italian = (
+                "Se un'email che dice di venire da noi non riporta la tua frase di\n"
+                "sicurezza, non è nostra. Accedi con la tua password per leggere il messaggio."
+            )
+        else:
+            head = ""
+            english = (
+                "On your first visit you choose a password; it opens only the mail sent to\n"
+                "this address."
+            )
+            italian = (
+                "Alla prima visita scegli una password; apre solo la posta inviata a questo\n"
+                "indirizzo."
+            )
+        return (
+            f"{head}"
+            "You have received a secure message. For your protection it was not sent by\n"
+            "ordinary email.\n"
+            "Hai ricevuto un messaggio sicuro. Per proteggerti non è stato inviato per\n"
+            "email ordinaria.\n\n"
+            f"    {self.link}\n\n"
+            f"{english}\nWe will never ask for your password by email.\n\n"
+            "---\n\n"
+            f"{italian}\nNon ti chiederemo mai la password per email.\n"
+        )
 
 
 @dataclass(frozen=True)
@@ -87,13 +127,6 @@ class SendResult:
     mx_host: str | None = None
     mx_ip: str | None = None
     tls_version: str | None = None
-
-
-async def send_notification(
-    notification: Notification, settings: Settings, resolver: MXResolver, now: datetime
-) -> SendResult:
-    data = notification.render(settings.notify.from_, settings.smtp.hostname, now)
-    return await send_opportunistic(notification.recipient, data, settings, resolver)
 
 
 async def send_opportunistic(

@@ -272,6 +272,9 @@ async def _gather(store: Store, keyring: Keyring, address: str, now: datetime) -
         "account": {
             "created_at": account.created_at.isoformat(),
             "password_changed_at": account.password_changed_at.isoformat(),
+            # Whether one exists, never the phrase: whoever runs the export (staff) must not
+            # learn what tells this person's genuine mail from an imitation.
+            "security_phrase_set": account.security_phrase is not None,
         }
         if account
         else None,

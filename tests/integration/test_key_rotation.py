@@ -20,11 +20,12 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from sigillo.gateway.queue import new_message
+from sigillo.portal.accounts import phrase_of, seal_phrase
 from sigillo.portal.sessions import FormTokens
 from sigillo.store import migrate
 from sigillo.store.crypto import Keyring, Sealed, read_key_file, update_key_file
 from sigillo.store.db import Store
-from sigillo.store.models import AuditEvent, Message, StaffAccount
+from sigillo.store.models import Account, AuditEvent, Message, StaffAccount
 from sigillo.store.rotation import (
     RETIRED,
     ROTATED,
@@ -622,3 +623,40 @@ async def test_totp_secrets_sealed_by_enrolment_survive_rotation(
         account = await session.get(StaffAccount, staff_id)
     assert account is not None and account.totp_kek_id == result.active
     assert totp.secret_of(Keyring.load(key_file), account) == secret
+
+
+async def test_security_phrases_are_rewrapped_and_still_open(store: Store, key_file: Path) -> None:
+    keyring = Keyring.load(key_file)
+    old = keyring.active
+
+    def work(session: Session) -> dict[int, str]:
+        phrases: dict[int, str] = {}
+        for i in range(5):
+            account = Account(
+                address=f"recipient{i}@example.net",
+                password_hash="$argon2id$unused",
+                created_at=T0,
+                password_changed_at=T0,
+            )
+            session.add(account)
+            session.flush()
+            if i != 2:  # one without a phrase: nothing to re-wrap, nothing to fail
+                phrases[account.id] = f"gatto blu numero {i}"
+                seal_phrase(session, keyring, account.id, phrases[account.id])
+        return phrases
+
+    phrases = await store.write(work)
+    before = await key_usage(store)
+    assert before == {old: 4}
+
+    result = await rotate(store, key_file, actor=ACTOR, batch_size=3, grace=timedelta(0))
+
+    assert result.rewrapped == 4 and result.retired == (old,) and not result.unreadable
+    assert await key_usage(store) == {result.active: 4}
+    fresh = Keyring.load(key_file)
+    assert old not in fresh.keyset.keys
+    async with store.session() as session:
+        accounts = (await session.execute(select(Account).order_by(Account.id))).scalars().all()
+    opened = {a.id: phrase_of(fresh, a) for a in accounts}
+    assert {k: v for k, v in opened.items() if v is not None} == phrases
+    assert all(a.phrase_kek_id in (None, result.active) for a in accounts)

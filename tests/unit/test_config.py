@@ -36,6 +36,22 @@ def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert s.delivery.queue_lifetime == timedelta(hours=2)
     assert s.delivery.domains == {"yahoo.co.jp": "portal", ".legacy.example": "encrypt"}
     assert s.notify.from_ == "secure@bank.example"
+    assert s.notify.domain == "bank.example"
+
+
+def test_dkim_key_lives_beside_the_keyring_unless_set(tmp_path: Path) -> None:
+    cfg = tmp_path / "sigillo.toml"
+    cfg.write_text('[storage]\nkey_file = "/srv/keys/sigillo.keys"\n')
+    assert load_settings(cfg).notify.dkim_key_file == Path("/srv/keys/dkim.key")
+    cfg.write_text('[notify]\ndkim_key_file = "/etc/dkim.pem"\n')
+    assert load_settings(cfg).notify.dkim_key_file == Path("/etc/dkim.pem")
+
+
+def test_phishing_domains_are_normalised(tmp_path: Path) -> None:
+    cfg = tmp_path / "sigillo.toml"
+    cfg.write_text('[phishing]\norg_domains = ["Bank.Example.", " ", "mail.bank.example"]\n')
+    s = load_settings(cfg)
+    assert s.phishing.org_domains == ["bank.example", "mail.bank.example"]
 
 
 @pytest.mark.parametrize(
@@ -50,6 +66,9 @@ def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         ('[delivery]\nca_file = "/nonexistent/ca.pem"\n', "delivery.ca_file"),
         ('[dns]\nnameservers = ["dns.example"]\n', "dns.nameservers"),
         ("[smtp]\nunknown_key = 1\n", "smtp.unknown_key"),
+        ('[notify]\ndkim_selector = "bad selector"\n', "notify.dkim_selector"),
+        ("[phishing]\norg_domains = []\n", "phishing.org_domains"),
+        ('[phishing]\nreport_retention = "a month"\n', "phishing.report_retention"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -13,6 +13,7 @@ import typer
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sigillo.config import ConfigError, Settings, load_settings
+from sigillo.dkim import DkimKeyError
 from sigillo.store.crypto import KeyringError
 from sigillo.store.db import Store, StoreUnavailable
 
@@ -45,7 +46,7 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     except (OperationalError, DBAPIError, ConnectionRefusedError) as exc:
         first = str(getattr(exc, "orig", exc) or exc).splitlines()[0]
         fail(f"database unavailable: {first}")
-    except KeyringError as exc:
+    except (KeyringError, DkimKeyError) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(str(exc))

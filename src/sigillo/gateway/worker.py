@@ -4,6 +4,10 @@ Network work happens outside any transaction; each result is written in one tran
 together with what it implies (a conversation and a notification job for a portal copy, a
 DSN job for a bounce). If the worker dies in between, the lease expires and the job runs again:
 delivery is at least once, never at most once.
+
+Mail sigillo writes itself (notifications, DSNs, account mail, automatic answers) is
+DKIM-signed here, at send time, by ``own_mail``; mail it carries for someone else (the
+organisation's messages, a recipient's portal reply) never is.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import socket
 import time
 from datetime import datetime
+from email.headerregistry import Address
 from email.parser import BytesHeaderParser
 from email.policy import default
 
@@ -21,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sigillo.config import Settings
+from sigillo.dkim import DkimSigner
 from sigillo.gateway import queue
 from sigillo.gateway.delivery import Deliverer, GroupResult, Outcome, RecipientResult
 from sigillo.gateway.dsn import FailedRecipient, build_dsn, dsn_bytes
@@ -31,14 +37,16 @@ from sigillo.notify import (
     Notification,
     SendResult,
     new_token,
-    send_notification,
     send_opportunistic,
 )
 from sigillo.policies import DomainPolicies
+from sigillo.portal.accounts import phrase_of
 from sigillo.portal.handoff import hand_off
+from sigillo.portal.outbox import OWN_WORDS
 from sigillo.store.crypto import Keyring
 from sigillo.store.db import Store
 from sigillo.store.models import (
+    Account,
     Attempt,
     ConversationMessage,
     Job,
@@ -60,10 +68,23 @@ def worker_name() -> str:
 
 
 class Worker:
-    def __init__(self, settings: Settings, store: Store, keyring: Keyring) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        keyring: Keyring,
+        *,
+        signer: DkimSigner | None = None,
+    ) -> None:
+        """``signer``: sigillo's DKIM key; by default the one at ``notify.dkim_key_file``,
+        created there on first start. A key file that is not a key raises ``DkimKeyError``."""
         self.settings = settings
         self.store = store
         self.keyring = keyring
+        notify = settings.notify
+        self.signer = signer or DkimSigner.load_or_create(
+            notify.dkim_key_file, notify.dkim_selector, notify.domain
+        )
         self.name = worker_name()
         self.resolver = MXResolver(settings.dns)
         self.deliverer = Deliverer(settings.delivery, self.resolver, settings.smtp.hostname)
@@ -247,10 +268,22 @@ class Worker:
 
         await self.store.write(store_token)
         link = f"{self.settings.portal.base_url}/c/{token}"
-        sent = await send_notification(
-            Notification(job.recipient, link, subject), self.settings, self.resolver, now
+        phrase = await self._phrase(job.recipient)
+        notification = Notification(job.recipient, link, subject, phrase=phrase)
+        data = notification.render(self.settings.notify.from_, self.settings.smtp.hostname, now)
+        sent = await send_opportunistic(
+            job.recipient, self.own_mail(data), self.settings, self.resolver
         )
         await self._record_simple(claim, _sent_attempt(sent, now), sent.outcome, sent.reason)
+
+    async def _phrase(self, recipient: str) -> str | None:
+        """The recipient's security phrase, if they chose one. A phrase that does not open
+        (its key gone from the key file) fails the job rather than sending without it: mail
+        of ours lacking the phrase is exactly what the recipient was told to distrust."""
+        async with self.store.session() as session:
+            row = await session.execute(select(Account).where(Account.address == recipient))
+            account = row.scalars().first()
+        return None if account is None else phrase_of(self.keyring, account)
 
     async def _latest_subject(self, conversation_id: int) -> str | None:
         async with self.store.session() as session:
@@ -320,7 +353,7 @@ class Worker:
                 claim, Attempt(at=now, outcome="failed", reason=reason), "failed", reason
             )
             return
-        await self._via_relay(claim, "", dsn_bytes(dsn), now)
+        await self._via_relay(claim, "", self.own_mail(dsn_bytes(dsn)), now)
 
     # -- portal replies and account mail ------------------------------------------------
 
@@ -329,6 +362,9 @@ class Worker:
         if claim.message is None:
             raise LookupError(f"relay job {claim.jobs[0].id} has no message")
         content = queue.open_content(self.keyring, claim.message)
+        # Not signed: its From is the recipient's address, not ours, and its words and files
+        # are theirs. A signature of the organisation's domain on it would vouch for text an
+        # outsider wrote (a checker would call it the organisation's own mail).
         await self._via_relay(claim, self.settings.notify.from_, content, queue.utcnow())
 
     async def send_mail(self, claim: queue.Claim) -> None:
@@ -337,8 +373,14 @@ class Worker:
             raise LookupError(f"mail job {job.id} has no message")
         content = queue.open_content(self.keyring, claim.message)
         now = queue.utcnow()
+        if signs_queued_mail(content, claim.message.client_address, self.settings.notify.from_):
+            content = self.own_mail(content)
         sent = await send_opportunistic(job.recipient, content, self.settings, self.resolver)
         await self._record_simple(claim, _sent_attempt(sent, now), sent.outcome, sent.reason)
+
+    def own_mail(self, data: bytes) -> bytes:
+        """``data``, mail sigillo wrote itself, with sigillo's DKIM signature."""
+        return self.signer.sign(data)
 
     async def _via_relay(
         self, claim: queue.Claim, mail_from: str, data: bytes, now: datetime
@@ -384,6 +426,23 @@ class Worker:
                     job.reason = f"queue lifetime expired; last error: {reason}"
 
         await self.store.write(record)
+
+
+def signs_queued_mail(content: bytes, source: str, own_address: str) -> bool:
+    """Whether queued mail (``JobKind.MAIL``) is sigillo's own words, to be signed.
+
+    Account mail and automatic answers are (``source``, the message's client_address, says
+    which wrote it). The copy of a portal reply is not, although it comes from our address:
+    below our note it holds whatever its author typed and attached. Signed, anyone with a
+    portal account could obtain the organisation's valid signature over text of their choosing
+    and replay it to others as our mail (a signature survives resending). Unsigned, such a
+    copy is judged like any stranger's mail."""
+    if source not in OWN_WORDS:
+        return False
+    headers = BytesHeaderParser(policy=default).parsebytes(content)
+    addresses: tuple[Address, ...] = getattr(headers.get("From"), "addresses", ())
+    # Never sign mail that does not claim to come from us alone.
+    return [a.addr_spec.lower() for a in addresses] == [own_address.lower()]
 
 
 def _sent_attempt(sent: SendResult, now: datetime) -> Attempt:

@@ -37,7 +37,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from sigillo.store import audit
 from sigillo.store.crypto import Keyring, KeyringError, KeySet, update_key_file
 from sigillo.store.db import Store
-from sigillo.store.models import AuditEvent, Base, Message, StaffAccount
+from sigillo.store.models import Account, AuditEvent, Base, Message, StaffAccount
 
 ROTATED = "keys.rotated"
 RETIRED = "keys.retired"
@@ -48,11 +48,17 @@ def staff_totp_id(staff_id: int) -> str:
     return f"staff-totp:{staff_id}"
 
 
+def portal_phrase_id(account_id: int) -> str:
+    """The id a portal account's security phrase is sealed under (its associated data)."""
+    return f"portal-phrase:{account_id}"
+
+
 class Sealing(enum.StrEnum):
     """The columns holding a wrapped data key."""
 
     MESSAGES = "messages"
     STAFF_TOTP = "staff_totp"
+    PORTAL_PHRASE = "portal_phrase"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,15 @@ class _Columns:
 def _columns(sealing: Sealing) -> _Columns:
     if sealing is Sealing.MESSAGES:
         return _Columns(Message, Message.id, Message.kek_id, Message.wrapped_key, "", str)
+    if sealing is Sealing.PORTAL_PHRASE:
+        return _Columns(
+            Account,
+            Account.id,
+            Account.phrase_kek_id,
+            Account.phrase_wrapped_key,
+            -1,
+            portal_phrase_id,
+        )
     return _Columns(
         StaffAccount,
         StaffAccount.id,

@@ -1,15 +1,27 @@
 """Pages about the account: first visit from a notification link, sign-in and sign-out,
-forgotten and changed passwords, the language switch."""
+forgotten and changed passwords, the security phrase, the language switch."""
 
 from __future__ import annotations
 
 from starlette.background import BackgroundTask
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sigillo.portal.accounts import MAX_ADDRESS, SignIn, normalise_address
+from sigillo.portal.accounts import (
+    MAX_ADDRESS,
+    PHRASE_MAX,
+    PasswordChange,
+    PhraseProblem,
+    SignIn,
+    check_phrase,
+    clean_phrase,
+    normalise_address,
+    phrase_messages,
+    phrase_of,
+)
 from sigillo.portal.pages.base import (
     Portal,
     Visitor,
@@ -24,12 +36,39 @@ async def new_password(
     portal: Portal, request: Request, visitor: Visitor, address: str
 ) -> tuple[str, list[str]]:
     """The new password a form proposes, and what is wrong with it (translated)."""
-    form = await portal.form(request, visitor)
+    return password_problems(visitor, await portal.form(request, visitor), address)
+
+
+def password_problems(visitor: Visitor, form: FormData, address: str) -> tuple[str, list[str]]:
     password = form_text(form.get("password"), MAX_LENGTH * 4)
     confirm = form_text(form.get("password_confirm"), MAX_LENGTH * 4)
     return password, problem_messages(
         visitor.gettext, check_new_password(password, confirm, address)
     )
+
+
+async def phrase_clash(portal: Portal, visitor: Visitor, address: str, password: str) -> list[str]:
+    """The error for a new password set through a reset link that contains the account's
+    security phrase or is part of it: the phrase travels in every notification, so it must
+    not give the password away. The link proved control of the mailbox the phrase is mailed
+    to, so the answer tells the visitor nothing new (a signed-in change checks the same only
+    after the current password, see ``Accounts.change_password``)."""
+    account = await portal.accounts.find(address)
+    phrase = None if account is None else phrase_of(portal.keyring, account)
+    if phrase is None or PhraseProblem.OVERLAPS_CREDENTIAL not in check_phrase(phrase, password):
+        return []
+    return phrase_in_password(visitor)
+
+
+def phrase_in_password(visitor: Visitor) -> list[str]:
+    return [
+        visitor.gettext("The password must not contain your security phrase, nor be part of it.")
+    ]
+
+
+def form_phrase(value: object) -> str:
+    # Cut well past the limit, so an oversized phrase is refused as too long, not truncated.
+    return clean_phrase(form_text(value, PHRASE_MAX * 4))
 
 
 def routes(portal: Portal) -> list[Route]:
@@ -58,13 +97,31 @@ def routes(portal: Portal) -> list[Route]:
         if await portal.accounts.find(found.recipient) is not None:
             return portal.redirect(visitor, f"/login?next={target}")
         if request.method == "GET":
-            return portal.render(visitor, "register.html", address=found.recipient, errors=[])
-        password, errors = await new_password(portal, request, visitor, found.recipient)
+            return portal.render(
+                visitor, "register.html", address=found.recipient, errors=[], phrase=""
+            )
+        form = await portal.form(request, visitor)
+        password, errors = password_problems(visitor, form, found.recipient)
+        phrase = form_phrase(form.get("security_phrase"))  # optional
+        if phrase:
+            errors += phrase_messages(visitor.gettext, check_phrase(phrase, password))
         if errors:
             return portal.render(
-                visitor, "register.html", status=400, address=found.recipient, errors=errors
+                visitor,
+                "register.html",
+                status=400,
+                address=found.recipient,
+                errors=errors,
+                phrase=phrase,
             )
-        cookie = await portal.accounts.register(found.recipient, password, visitor.client, now)
+        cookie = await portal.accounts.register(
+            found.recipient,
+            password,
+            visitor.client,
+            now,
+            phrase=phrase or None,
+            keyring=portal.keyring,  # see security_phrase
+        )
         if cookie is None:  # created meanwhile (another tab, another link)
             return portal.redirect(visitor, f"/login?next={target}")
         portal.signed_in(visitor, cookie)
@@ -161,6 +218,7 @@ def routes(portal: Portal) -> list[Route]:
         if request.method == "GET":
             return portal.render(visitor, "reset.html", address=account.address, errors=[])
         password, errors = await new_password(portal, request, visitor, account.address)
+        errors = errors or await phrase_clash(portal, visitor, account.address, password)
         if errors:
             return portal.render(
                 visitor, "reset.html", status=400, address=account.address, errors=errors
@@ -181,14 +239,42 @@ def routes(portal: Portal) -> list[Route]:
         confirm = form_text(form.get("password_confirm"), MAX_LENGTH * 4)
         problems = check_new_password(password, confirm, user.address)
         errors = problem_messages(visitor.gettext, problems)
-        if not problems and not await portal.accounts.change_password(
-            user, current, password, visitor.client, utcnow()
-        ):
-            errors = [visitor.gettext("The current password is not correct.")]
+        if not errors:
+            changed = await portal.accounts.change_password(
+                user, current, password, visitor.client, utcnow(), keyring=portal.keyring
+            )
+            if changed is PasswordChange.WRONG:
+                errors = [visitor.gettext("The current password is not correct.")]
+            elif changed is PasswordChange.PHRASE:
+                errors = phrase_in_password(visitor)
         if errors:
             return portal.render(visitor, "password.html", status=400, errors=errors, done=False)
         await _confirm_change(portal, visitor, user.address)
         return portal.render(visitor, "password.html", errors=[], done=True)
+
+    async def security_phrase(request: Request) -> Response:
+        visitor, user = await portal.member(request)
+        if request.method == "GET":
+            return portal.render(visitor, "phrase.html", errors=[], done=None, phrase="")
+        form = await portal.form(request, visitor)
+        current = form_text(form.get("current_password"), MAX_LENGTH * 4)
+        phrase = form_phrase(form.get("security_phrase"))
+        remove = form.get("remove") == "1"
+        errors = [] if remove else phrase_messages(visitor.gettext, check_phrase(phrase, current))
+        chosen = None if remove else phrase
+        # The Portal keeps its keyring in the outbox (and in conversations), not on itself.
+        keyring = portal.keyring
+        if not errors and not await portal.accounts.change_phrase(
+            user, current, chosen, keyring, visitor.client, utcnow()
+        ):
+            errors = [visitor.gettext("The current password is not correct.")]
+        if errors:
+            # The phrase goes back into the form (the person typed it), never the password.
+            return portal.render(
+                visitor, "phrase.html", status=400, errors=errors, done=None, phrase=phrase
+            )
+        done = "removed" if remove else "set"
+        return portal.render(visitor, "phrase.html", errors=[], done=done, phrase="")
 
     async def language(request: Request) -> Response:
         return await portal.switch_language(request, await portal.visitor(request))
@@ -201,6 +287,7 @@ def routes(portal: Portal) -> list[Route]:
         Route("/forgot", forgot, methods=["GET", "POST"]),
         Route("/reset/{token}", reset, methods=["GET", "POST"]),
         Route("/account/password", change_password, methods=["GET", "POST"]),
+        Route("/account/phrase", security_phrase, methods=["GET", "POST"]),
         Route("/lang", language, methods=["POST"]),
     ]
 

@@ -42,7 +42,7 @@ OUTAGES = (StoreUnavailable, OperationalError, InterfaceError, OSError)
 """What a database that is down or unreachable raises."""
 FORM_LIMIT = 64 * 1024
 """Every form but a reply (which carries attachments) fits in this."""
-_NEXT = re.compile(r"^/(conversations/\d{1,18}|account/password)$")
+_NEXT = re.compile(r"^/(conversations/\d{1,18}|account/(password|phrase))$")
 
 
 def safe_next(value: object) -> str | None:
@@ -292,6 +292,7 @@ class Portal(Site[SignedIn, Visitor]):
             state="visitor",
         )
         self.store = store
+        self.keyring = keyring
         self.accounts = accounts
         self.conversations = Conversations(settings, store, keyring)
         self.outbox = Outbox(settings, store, keyring, on_queued)
