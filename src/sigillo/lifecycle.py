@@ -26,12 +26,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from sigillo.config import Settings
+from sigillo.gateway.inbound import ANSWER_INTERVAL
 from sigillo.policies import DomainPolicies
 from sigillo.portal import sessions, throttle
 from sigillo.store import audit
 from sigillo.store.db import Store, is_sqlite
 from sigillo.store.models import (
     FINAL_STATES,
+    AutoAnswer,
     Conversation,
     ConversationMessage,
     Job,
@@ -40,6 +42,7 @@ from sigillo.store.models import (
     LoginThrottle,
     Message,
     PasswordReset,
+    PhishingReport,
     PortalSession,
 )
 
@@ -308,12 +311,19 @@ class RetentionReport:
     run tries again). None: nothing to do or not SQLite."""
     complete: bool = True
     """False when the run was stopped (``serve`` shutting down) before the end."""
+    phishing_reports: int = 0
+    """Phishing reports deleted, with the mail they carried, after ``[phishing]
+    report_retention``."""
+    auto_answers: int = 0
+    """Automatic-answer rate-limit rows older than a day (they no longer limit anything)."""
 
     def counts(self) -> dict[str, object]:
         return {
             "conversations": self.conversations,
             "conversation_messages": self.conversation_messages,
             "delivered_messages": self.delivered_messages,
+            "phishing_reports": self.phishing_reports,
+            "auto_answers": self.auto_answers,
             "notifications_cancelled": self.notifications_cancelled,
             "expired_resets": self.expired_resets,
             "expired_sessions": self.expired_sessions,
@@ -331,8 +341,9 @@ async def run_retention(
 ) -> RetentionReport:
     """Destroy what has been kept long enough: expired portal conversations (the date staff
     set, else the domain's console retention, else ``[portal] message_ttl_days`` after the
-    last message), content that left over TLS ``[retention] delivered_content`` ago, and
-    expired sign-in leftovers. Bounded transactions, safe to interrupt and to run twice;
+    last message), content that left over TLS ``[retention] delivered_content`` ago, phishing
+    reports older than ``[phishing] report_retention`` with their mail, and expired sign-in
+    and automatic-answer leftovers. Bounded transactions, safe to interrupt and to run twice;
     one ``retention.run`` audit entry with the counts. With ``stop`` set it finishes the
     batch in hand and reports what it did (``complete`` False)."""
     now = now or datetime.now(UTC)
@@ -354,8 +365,16 @@ async def run_retention(
         if stop is not None and stop.is_set():
             break
         delivered += await store.write(partial(_destroy_delivered, ids=mids, cutoff=cutoff))
+    reported_before = now - settings.phishing.report_retention
+    reports = 0
+    while stop is None or not stop.is_set():
+        done = await store.write(partial(_delete_reports, before=reported_before, size=batch))
+        reports += done
+        if done < batch:
+            break
     resets, sessions_, throttles = await store.write(partial(_expire_sign_ins, now=now))
-    truncated = await checkpoint(store) if conversations or delivered else None
+    answers = await store.write(partial(_expire_auto_answers, now=now))
+    truncated = await checkpoint(store) if conversations or delivered or reports else None
     report = RetentionReport(
         conversations=conversations,
         conversation_messages=messages,
@@ -366,6 +385,8 @@ async def run_retention(
         stale_throttles=throttles,
         wal_truncated=truncated,
         complete=stop is None or not stop.is_set(),
+        phishing_reports=reports,
+        auto_answers=answers,
     )
     await audit.log(
         store,
@@ -452,8 +473,9 @@ def _shred_expired(
 
 
 def _delivered_where(cutoff: datetime) -> list[ColumnElement[bool]]:
-    """Messages no unshredded conversation holds and no unfinished job needs, whose last
-    job finished before ``cutoff`` (a message without jobs: received before it)."""
+    """Messages no unshredded conversation holds, no unfinished job needs and no phishing
+    report carries (its own retention decides), whose last job finished before ``cutoff``
+    (a message without jobs: received before it)."""
     in_conversation = exists().where(
         ConversationMessage.message_id == Message.id,
         Conversation.id == ConversationMessage.conversation_id,
@@ -463,9 +485,11 @@ def _delivered_where(cutoff: datetime) -> list[ColumnElement[bool]]:
     last_finished = (
         select(func.max(Job.finished_at)).where(Job.message_id == Message.id).scalar_subquery()
     )
+    reported = exists().where(PhishingReport.message_id == Message.id)
     return [
         ~in_conversation,
         ~unfinished,
+        ~reported,
         func.coalesce(last_finished, Message.received_at) <= cutoff,
     ]
 
@@ -493,6 +517,39 @@ def _destroy_delivered(session: Session, ids: list[str], cutoff: datetime) -> in
     # The conditions again, in this transaction: a retry may have queued a job meanwhile.
     due = session.execute(select(Message.id).where(Message.id.in_(ids), *_delivered_where(cutoff)))
     return destroy_messages(session, list(due.scalars()))
+
+
+def _delete_reports(session: Session, before: datetime, size: int) -> int:
+    """Up to ``size`` reports received before ``before``, deleted with their sealed mail;
+    how many. The report row goes first: it holds the only reference to that mail."""
+    rows = session.execute(
+        select(PhishingReport.id, PhishingReport.message_id)
+        .where(PhishingReport.received_at <= before)
+        .order_by(PhishingReport.id)
+        .limit(size)
+        .with_for_update()
+    ).all()
+    if not rows:
+        return 0
+    secure_delete(session)
+    session.execute(
+        delete(PhishingReport)
+        .where(PhishingReport.id.in_([r.id for r in rows]))
+        .execution_options(synchronize_session=False)
+    )
+    mail = {r.message_id for r in rows if r.message_id is not None}
+    destroy_messages(session, mail - still_needed(session, mail))
+    return len(rows)
+
+
+def _expire_auto_answers(session: Session, now: datetime) -> int:
+    """Rate-limit rows that no longer limit anything: each holds a keyed hash of a sender."""
+    result = session.execute(
+        delete(AutoAnswer)
+        .where(AutoAnswer.answered_at <= now - ANSWER_INTERVAL)
+        .execution_options(synchronize_session=False)
+    )
+    return _count(result)
 
 
 def _expire_sign_ins(session: Session, now: datetime) -> tuple[int, int, int]:

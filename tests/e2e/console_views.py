@@ -1,6 +1,6 @@
-"""The console's dashboard, operator, auditor and agent pages as the view tests walk them: the
-rows that give every page real content, the pages themselves, and the layout checks a phone
-needs (nothing wider than the screen, no chart cut off).
+"""The console's dashboard, operator, reports, auditor and agent pages as the view tests walk
+them: the rows that give every page real content, the pages themselves, and the layout checks
+a phone needs (nothing wider than the screen, no chart cut off).
 
     furnished = await furnish(console)
     for view in VIEWS:
@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from playwright.async_api import Page, Response, expect
 
+from sigillo.gateway.inbound import Arrival, Inbound
 from sigillo.store.models import JobState, StaffRole
 from tests.portal.harness import PortalClient
 from tests.staff import seed_pages as seed
@@ -43,6 +44,8 @@ class Furnished:
     """Handed to the portal after a failed attempt with the longest reason of the set."""
     conversation_id: int
     """A portal conversation with the organisation's message and the recipient's reply."""
+    report_id: int
+    """A phishing report carrying a forwarded imitation with long headers and links."""
 
 
 async def furnish(console: ConsoleHarness) -> Furnished:
@@ -74,6 +77,7 @@ async def furnish(console: ConsoleHarness) -> Furnished:
     )
     conversation = await seed.conversation(console.store, console.keyring, RECIPIENT)
     await _reply(console, conversation)
+    report = await _report(console, now)
 
     member = await console.member(
         "ann@org.example", StaffRole.AGENT, StaffRole.OPERATOR, StaffRole.AUDITOR
@@ -83,7 +87,31 @@ async def furnish(console: ConsoleHarness) -> Furnished:
     assert held.status_code == 303, held.text[:500]
     searched = await staff.get(f"/staff/conversations?address={quote(RECIPIENT)}")
     assert searched.status_code == 200, searched.text[:500]
-    return Furnished(member, waiting, to_hold, finished, conversation.conversation_id)
+    return Furnished(member, waiting, to_hold, finished, conversation.conversation_id, report)
+
+
+#: A forwarded imitation: long unbroken header values and links are what overflow first.
+REPORTED = (
+    f"From: Banca Org Example <sicurezza@org-example-verifica-account.example>\r\n"
+    f"To: {LONG_RECIPIENT}\r\nSubject: Conferma subito il tuo account\r\n"
+    "Message-ID: <" + "a1b2c3d4" * 12 + "@org-example-verifica-account.example>\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+    "Gentile cliente, inserisci la tua password qui: "
+    "http://198.51.100.7/" + "login-verifica-" * 8 + "\r\n"
+).encode()
+
+
+async def _report(console: ConsoleHarness, now: datetime) -> int:
+    """A report as the listener stores one: forwarded as an attachment, checked."""
+    wrapped = (
+        b"From: pat@patients.example\r\nTo: phish-report@org.example\r\nSubject: Fwd\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nIs this you?\r\n"
+        b"--b\r\nContent-Type: message/rfc822\r\n\r\n" + REPORTED + b"\r\n--b--\r\n"
+    )
+    inbound = Inbound(console.settings, console.store, console.keyring)
+    arrival = Arrival(wrapped, wrapped, "pat@patients.example", "192.0.2.7", now)
+    return await console.store.write(await inbound.report(arrival))
 
 
 async def _reply(console: ConsoleHarness, conversation: seed.Seeded) -> None:
@@ -150,6 +178,15 @@ async def _content(page: Page, furnished: Furnished) -> None:
     await expect(page.locator("article").first).to_contain_text(seed.SECRET_BODY)
 
 
+async def _report_opened(page: Page, furnished: Furnished) -> None:
+    _ok(await page.goto(f"/staff/reports/{furnished.report_id}"), page)
+    await page.locator("#reason").fill("A patient asked whether this is ours")
+    await page.locator("#case_ref").fill("SEC-12")
+    await page.locator("form[action$='/open'] button[type=submit]").click()
+    await expect(page.locator("#opened-banner")).to_contain_text("SEC-12")
+    await expect(page.locator("#mail-h")).to_be_visible()
+
+
 VIEWS = (
     View("dashboard", _dashboard),
     View("queue", _get(lambda _: "/staff/queue")),
@@ -163,6 +200,9 @@ VIEWS = (
     View("search", _get(lambda _: f"/staff/conversations?address={quote(RECIPIENT)}")),
     View("conversation", _get(lambda f: f"/staff/conversations/{f.conversation_id}")),
     View("content", _content),
+    View("reports", _get(lambda _: "/staff/reports")),
+    View("report", _get(lambda f: f"/staff/reports/{f.report_id}")),
+    View("report-opened", _report_opened),
 )
 
 # What sticks out to the right of the screen: the page's scroll width, and each element that

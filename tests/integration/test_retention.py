@@ -14,15 +14,18 @@ from sqlalchemy import select, text
 
 from sigillo import lifecycle
 from sigillo.gateway import queue
+from sigillo.gateway.inbound import Arrival, Inbound
 from sigillo.policies import set_policy
 from sigillo.store.models import (
     AuditEvent,
+    AutoAnswer,
     Conversation,
     ConversationMessage,
     Job,
     JobKind,
     JobState,
     Message,
+    PhishingReport,
 )
 from tests.portal.harness import PortalHarness, portal_settings, running_portal, staff_message
 
@@ -284,3 +287,66 @@ async def test_crypto_shredded_content_is_gone_from_the_sqlite_files(tmp_path: P
         async with portal.store.session() as session:
             left = (await session.execute(select(AuditEvent.action))).scalars().all()
         assert "conversation.withdrawn" in left
+
+
+# -- phishing reports and automatic answers ------------------------------------------------------
+
+
+async def _report(portal: PortalHarness, days_ago: float, marker: str) -> tuple[int, str]:
+    """A phishing report as the listener stores one, received ``days_ago``."""
+    content = f"From: x@evil.example\r\nSubject: {marker}\r\n\r\n{marker}\r\n".encode()
+    at = datetime.now(UTC) - timedelta(days=days_ago)
+    inbound = Inbound(portal.settings, portal.store, portal.keyring)
+    work = await inbound.report(Arrival(content, content, "anna@x.example", "192.0.2.1", at))
+    report_id = await portal.store.write(work)
+    async with portal.store.session() as session:
+        found = await session.get(PhishingReport, report_id)
+    assert found is not None and found.message_id is not None
+    return report_id, found.message_id
+
+
+async def test_reports_are_kept_for_their_retention_then_deleted_with_their_mail(
+    portal: PortalHarness,
+) -> None:
+    # Past [retention] delivered_content (7 days) but within report_retention (30 days):
+    # the mail of a report is no delivered message and must survive.
+    kept_id, kept_mail = await _report(portal, 10, "marker-kept")
+    old_id, old_mail = await _report(portal, 31, "marker-old")
+    report = await lifecycle.run_retention(portal.store, portal.settings)
+    assert report.phishing_reports == 1 and report.delivered_messages == 0
+    assert await _readable(portal, kept_mail, "marker-kept")
+    assert await _message(portal, old_mail) is None
+    async with portal.store.session() as session:
+        assert await session.get(PhishingReport, kept_id) is not None
+        assert await session.get(PhishingReport, old_id) is None
+    [run] = await portal.audit("retention.run")
+    assert run.details and run.details["phishing_reports"] == 1
+    again = await lifecycle.run_retention(portal.store, portal.settings)
+    assert again.phishing_reports == 0 and await _readable(portal, kept_mail, "marker-kept")
+
+
+async def test_report_retention_follows_the_setting(tmp_path: Path, store_url: str) -> None:
+    settings = portal_settings(tmp_path, store_url)
+    settings.phishing.report_retention = timedelta(days=5)
+    async with running_portal(settings) as portal:
+        _, young = await _report(portal, 4, "marker-young")
+        _, old = await _report(portal, 6, "marker-six")
+        report = await lifecycle.run_retention(portal.store, portal.settings, batch=1)
+        assert report.phishing_reports == 1
+        assert await _readable(portal, young, "marker-young")
+        assert await _message(portal, old) is None
+
+
+async def test_automatic_answer_rows_live_one_day(portal: PortalHarness) -> None:
+    now = datetime.now(UTC)
+
+    def rows(session: Any) -> None:
+        session.add(AutoAnswer(sender_hash="a" * 64, answered_at=now - timedelta(hours=25)))
+        session.add(AutoAnswer(sender_hash="b" * 64, answered_at=now - timedelta(hours=23)))
+
+    await portal.store.write(rows)
+    report = await lifecycle.run_retention(portal.store, portal.settings, now)
+    assert report.auto_answers == 1
+    async with portal.store.session() as session:
+        left = (await session.execute(select(AutoAnswer.sender_hash))).scalars().all()
+    assert left == ["b" * 64]

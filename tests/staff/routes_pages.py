@@ -26,6 +26,11 @@ ROUTES: dict[tuple[str, str], set[str]] = {
     ): {"agent"},
     ("POST", "/staff/conversations/{conversation:int}/withdraw"): {"agent"},
     ("POST", "/staff/conversations/{conversation:int}/expiry"): {"agent"},
+    # security operations: phishing reports
+    ("GET", "/staff/reports"): {"admin", "operator"},
+    ("GET", "/staff/reports/{report:int}"): {"admin", "operator"},
+    ("POST", "/staff/reports/{report:int}/open"): {"admin", "operator"},
+    ("POST", "/staff/reports/{report:int}/review"): {"admin", "operator"},
 }
 
 SAMPLES = {
@@ -34,4 +39,5 @@ SAMPLES = {
     "conversation": "1",
     "message": "0123456789abcdef0123456789abcdef",
     "index": "0",
+    "report": "1",
 }

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import smtplib
 from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import default
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given
@@ -14,10 +18,20 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from sigillo.config import Settings
+from sigillo.gateway import queue
+from sigillo.gateway.inbound import REPORT_RECEIVED
 from sigillo.gateway.listener import start_listener
 from sigillo.store.crypto import Keyring
 from sigillo.store.db import Store
-from sigillo.store.models import Job, Message
+from sigillo.store.models import (
+    Account,
+    AuditEvent,
+    AutoAnswer,
+    Job,
+    JobKind,
+    Message,
+    PhishingReport,
+)
 
 MAIL = b"From: doc@org.example\r\nSubject: referral\r\n\r\nPatient has condition X\r\n"
 
@@ -255,3 +269,153 @@ async def test_starttls_on_the_listener(tmp_path: Path, store: Store, keyring: K
         refused, ok, version = await asyncio.to_thread(go)
         assert refused == 530 and ok == 250 and version in ("TLSv1.2", "TLSv1.3")
         assert await g.counts() == (1, 1)
+
+
+# -- sigillo's own addresses -------------------------------------------------------------------
+
+REPORT = "phish-report@org.example"
+NOTIFY = "secure@org.example"
+OUTSIDE = ["192.0.2.0/24"]
+"""trusted_networks that leave the loopback test client gateway."""
+SUSPECT = (
+    b"From: Banca <alerts@banca-secure.example>\r\nTo: anna@x.example\r\n"
+    b"Subject: verify your account\r\nMessage-ID: <s1@banca-secure.example>\r\n\r\n"
+    b"Send us your password today.\r\n"
+)
+REPLY = (
+    b"From: Anna <anna@x.example>\r\nTo: secure@org.example\r\nSubject: Re: Kiwi-Umbrella 55\r\n"
+    b"Message-ID: <r1@x.example>\r\n\r\nKiwi-Umbrella 55: my card number is 4111\r\n"
+)
+
+
+async def _rows(store: Store, model: type[Any]) -> list[Any]:
+    async with store.session() as s:
+        return list((await s.execute(select(model))).scalars().all())
+
+
+async def test_own_addresses_are_not_open_to_untrusted_clients(
+    store: Store, keyring: Keyring
+) -> None:
+    """Reports and replies arrive through the organisation's mail server, never directly."""
+    async for g in _gateway(store, keyring, make_settings(trusted_networks=OUTSIDE)):
+        for rcpts in ([REPORT], [NOTIFY], [REPORT, "b@y.example"]):
+            code, text = await g.send("anna@x.example", rcpts, SUSPECT)
+            assert code == 554 and b"Relay access denied" in text
+        assert await g.counts() == (0, 0)
+        assert await _rows(store, PhishingReport) == []
+        assert await _rows(store, AutoAnswer) == []
+
+
+async def test_trusted_client_mixes_outward_and_own_recipients(gateway: Gateway) -> None:
+    code, text = await gateway.send("doc@org.example", ["a@x.example", REPORT], MAIL)
+    assert code == 250 and b"queued as" in text
+    jobs = await _rows(gateway.store, Job)
+    assert [(j.kind, j.recipient) for j in jobs] == [(JobKind.DELIVER, "a@x.example")]
+    [report] = await _rows(gateway.store, PhishingReport)
+    # Two messages: the outward copy and the report's sealed mail, which no job delivers.
+    messages = {m.id: m for m in await _rows(gateway.store, Message)}
+    assert len(messages) == 2 and report.message_id in messages
+    assert jobs[0].message_id != report.message_id
+
+
+async def test_own_address_named_twice_is_handled_once(gateway: Gateway) -> None:
+    code, _ = await gateway.send("doc@org.example", [REPORT, "PHISH-REPORT@org.example"], MAIL)
+    assert code == 250
+    assert len(await _rows(gateway.store, PhishingReport)) == 1
+
+
+async def test_report_is_sealed_checked_and_audited(gateway: Gateway, keyring: Keyring) -> None:
+    code, text = await gateway.send("anna@x.example", [REPORT], SUSPECT)
+    assert code == 250 and b"queued" not in text
+    [report] = await _rows(gateway.store, PhishingReport)
+    assert report.reporter == "anna@x.example" and report.reviewed_at is None
+    assert report.verdict in ("genuine", "suspicious", "phishing", "errored")
+    assert all(set(f) == {"code", "severity"} for f in report.findings)
+    [message] = await _rows(gateway.store, Message)
+    assert message.id == report.message_id and message.message_id_hash is None
+    assert b"Send us your password" not in message.content  # sealed
+    opened = keyring.open(message.id, message.kek_id, message.wrapped_key, message.content)
+    assert opened.startswith(b"Received: from mail.org.example") and opened.endswith(SUSPECT)
+    assert await _rows(gateway.store, Job) == []
+    [event] = [e for e in await _rows(gateway.store, AuditEvent) if e.action == REPORT_RECEIVED]
+    assert event.actor == "anna@x.example" and event.message_id == message.id
+    assert event.details == {
+        "report": report.id,
+        "verdict": report.verdict,
+        "findings": len(report.findings),
+    }
+
+
+async def test_reply_to_notification_address_is_answered_and_not_kept(
+    gateway: Gateway, keyring: Keyring
+) -> None:
+    code, _ = await gateway.send("anna@x.example", [NOTIFY], REPLY)
+    assert code == 250
+    [job] = await _rows(gateway.store, Job)
+    assert (job.kind, job.recipient, job.domain) == (JobKind.MAIL, "anna@x.example", "x.example")
+    [message] = await _rows(gateway.store, Message)
+    answer = keyring.open(message.id, message.kek_id, message.wrapped_key, message.content)
+    assert b"Kiwi-Umbrella" not in answer and b"4111" not in answer
+    # Nothing of the original anywhere: no message row, no audit entry, no report.
+    assert await _rows(gateway.store, PhishingReport) == []
+    for event in await _rows(gateway.store, AuditEvent):
+        assert "Kiwi" not in repr(event.details)
+    [slot] = await _rows(gateway.store, AutoAnswer)
+    assert "anna" not in slot.sender_hash and len(slot.sender_hash) == 64
+
+
+async def test_second_reply_the_same_day_gets_no_answer(gateway: Gateway) -> None:
+    for sender in ("anna@x.example", "ANNA@x.example", "bob@x.example"):
+        code, _ = await gateway.send(sender, [NOTIFY], REPLY)
+        assert code == 250
+    jobs = await _rows(gateway.store, Job)
+    assert sorted(j.recipient for j in jobs) == ["anna@x.example", "bob@x.example"]
+
+
+async def test_auto_answer_off_accepts_and_drops(store: Store, keyring: Keyring) -> None:
+    settings = Settings.model_validate(
+        {
+            "smtp": {"listen": "127.0.0.1:0"},
+            "notify": {"auto_answer": False},
+        }
+    )
+    async for g in _gateway(store, keyring, settings):
+        code, _ = await g.send("anna@x.example", [NOTIFY], REPLY)
+        assert code == 250
+        assert await g.counts() == (0, 0)
+        assert await _rows(store, AutoAnswer) == []
+
+
+async def test_own_addresses_and_a_store_failure(tmp_path: Path, keyring: Keyring) -> None:
+    store = Store(f"sqlite:///{tmp_path}/never-migrated.db")
+    async for g in _gateway(store, keyring, make_settings()):
+        for rcpts in ([REPORT], [NOTIFY], [REPORT, "a@x.example"]):
+            code, text = await g.send("anna@x.example", rcpts, SUSPECT)
+            assert code == 451 and b"try again" in text
+    await store.close()
+
+
+async def test_the_answer_shows_the_senders_security_phrase(
+    gateway: Gateway, keyring: Keyring
+) -> None:
+    """Like every mail of ours; it goes to that address only, so it reveals the phrase to
+    nobody else (a forged envelope sender sends the phrase to its owner, not the forger)."""
+    from sigillo.portal.accounts import seal_phrase
+
+    now = queue.utcnow()
+
+    def account(session: Any) -> None:
+        row = Account(
+            address="anna@x.example", password_hash="x", created_at=now, password_changed_at=now
+        )
+        session.add(row)
+        session.flush()
+        seal_phrase(session, keyring, row.id, "Purple-Heron at dawn")
+
+    await gateway.store.write(account)
+    code, _ = await gateway.send("anna@x.example", [NOTIFY], REPLY)
+    assert code == 250
+    [message] = await _rows(gateway.store, Message)
+    answer = keyring.open(message.id, message.kek_id, message.wrapped_key, message.content)
+    parsed = BytesParser(EmailMessage, policy=default).parsebytes(answer)
+    assert "«Purple-Heron at dawn»" in parsed.get_content()

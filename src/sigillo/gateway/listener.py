@@ -2,6 +2,12 @@
 
 It answers 250 to DATA only after the message, its envelope and one queue job per recipient
 are committed; everything before that is refused with a code the client understands.
+
+sigillo's own addresses (``[phishing] report_address`` and ``[notify] from``) are final
+destinations, handled by ``sigillo.gateway.inbound`` in the same transaction as the rest of
+the message. They too are reached only through the organisation's mail server, which routes
+them here like any internal mailbox: the listener talks to ``[smtp] trusted_networks`` only, so
+the internet can neither relay through it nor fill the store with reports.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session as DbSession
 
 from sigillo.config import Settings
 from sigillo.gateway import queue
 from sigillo.gateway.addresses import AddressError, split_mailbox
+from sigillo.gateway.inbound import Answered, Arrival, Inbound
 from sigillo.store.crypto import Keyring
 from sigillo.store.db import Store
+from sigillo.store.models import JobKind
 
 log = structlog.get_logger("sigillo.listener")
 
@@ -48,6 +57,7 @@ class GatewayHandler:
         self.networks = [
             ipaddress.ip_network(n, strict=False) for n in settings.smtp.trusted_networks
         ]
+        self.inbound = Inbound(settings, store, keyring)
 
     def _trusted(self, session: Session) -> bool:
         try:
@@ -80,12 +90,15 @@ class GatewayHandler:
     ) -> str:
         if not self._trusted(session):
             return "554 5.7.1 Relay access denied: this client is not in smtp.trusted_networks"
+        own = address in self.inbound.own
         if options:
             return "555 5.5.4 RCPT parameters not supported"
         try:
             split_mailbox(address)
         except AddressError as exc:
             return f"553 5.1.3 Recipient address rejected: {exc}"
+        if own and any(address.lower() == r.lower() for r in envelope.rcpt_tos):
+            return "250 2.1.5 OK"  # handled once however often it is named
         if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
             return "452 4.5.3 Too many recipients; send the rest in another transaction"
         envelope.rcpt_tos.append(address)
@@ -103,28 +116,67 @@ class GatewayHandler:
             return "554 5.4.6 Mail loop: too many Received headers"
         msg_id = queue.new_message_id()
         stamped = self._received_header(session, envelope, msg_id) + content
-        recipients = []
+        now = queue.utcnow()
+        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
+        client = _client(session)
+        outward, own = [], set()
         for rcpt in envelope.rcpt_tos:
-            _, domain = split_mailbox(rcpt)
-            recipients.append(queue.Recipient(rcpt, domain))
-        try:
-            await queue.enqueue(
-                self.store,
+            kind = self.inbound.own.kind(rcpt)
+            if kind is not None:
+                own.add(kind)
+            else:
+                outward.append(queue.Recipient(rcpt, split_mailbox(rcpt)[1]))
+        delivery = self.settings.delivery
+        message = (
+            queue.new_message(
                 self.keyring,
-                self.settings.delivery,
-                mail_from="" if envelope.mail_from == "<>" else envelope.mail_from or "",
-                recipients=recipients,
+                mail_from=mail_from,
                 content=stamped,
-                client_address=_client(session),
+                client_address=client,
+                now=now,
                 msg_id=msg_id,
             )
+            if outward
+            else None
+        )
+        arrival = Arrival(content, stamped, mail_from, client, now)
+        try:
+            report = await self.inbound.report(arrival) if "report" in own else None
+            answer = self.inbound.answer(arrival) if "notify" in own else None
+        except Exception as exc:  # a defect must not answer with a traceback
+            log.error("inbound_failed", error=type(exc).__name__, client=client)
+            return "451 4.3.0 Temporary failure handling the message; try again later"
+
+        def commit(session: DbSession) -> tuple[int | None, Answered | None]:
+            if message is not None:
+                session.add(message)
+                session.add_all(
+                    queue.new_job(
+                        JobKind.DELIVER, r.address, r.domain, now, delivery, message_id=msg_id
+                    )
+                    for r in outward
+                )
+            return (
+                report(session) if report is not None else None,
+                answer(session) if answer is not None else None,
+            )
+
+        try:
+            report_id, answered = await self.store.write(commit)
         except (SQLAlchemyError, OSError) as exc:
-            log.error("store_failed", error=str(exc).splitlines()[0], client=_client(session))
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+            log.error("store_failed", error=first_line, client=client)
             return "451 4.3.0 Temporary failure storing the message; try again later"
-        log.info("accepted", message=msg_id, recipients=len(recipients), size=len(content))
-        if self.on_queued is not None:
+        if report_id is not None:
+            log.info("report_received", report=report_id, size=len(content))
+        if answered is not None:
+            # Whether and why; never the sender, the subject or anything else of the mail.
+            log.info("auto_answer", sent=answered.sent, reason=answered.reason)
+        if outward:
+            log.info("accepted", message=msg_id, recipients=len(outward), size=len(content))
+        if (outward or (answered is not None and answered.sent)) and self.on_queued is not None:
             self.on_queued()
-        return f"250 2.0.0 OK queued as {msg_id}"
+        return f"250 2.0.0 OK queued as {msg_id}" if outward else "250 2.0.0 OK"
 
     def _received_header(self, session: Session, envelope: Envelope, msg_id: str) -> bytes:
         helo = re.sub(r"[^\x21-\x7e]", "?", session.host_name or "unknown")[:255]

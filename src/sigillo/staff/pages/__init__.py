@@ -6,6 +6,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from sigillo.staff.pages import admin, agent, auditor, auth, dashboard, operator
+from sigillo.staff.pages import admin, agent, auditor, auth, dashboard, operator, reports
 
-PAGES: list[ModuleType] = [auth, dashboard, operator, auditor, agent, admin]
+PAGES: list[ModuleType] = [auth, dashboard, operator, reports, auditor, agent, admin]
