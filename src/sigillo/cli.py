@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sigillo import logs
-from sigillo.commands import audit, keys, staff, subject
+from sigillo.commands import audit, check, dkim, keys, staff, subject
 from sigillo.commands.common import (
     ConfigOption,
     JsonOption,
@@ -37,9 +37,11 @@ message_app = typer.Typer(no_args_is_help=True, help="Accepted messages.")
 app.add_typer(db_app, name="db")
 app.add_typer(message_app, name="message")
 app.add_typer(audit.app, name="audit")
+app.add_typer(dkim.app, name="dkim")
 app.add_typer(keys.app, name="keys")
 app.add_typer(staff.app, name="staff")
 app.add_typer(subject.app, name="subject")
+app.command("check")(check.check)
 
 
 @app.command()

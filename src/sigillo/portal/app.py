@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sigillo.config import Settings
 from sigillo.portal.accounts import Accounts
 from sigillo.portal.i18n import Formats
-from sigillo.portal.pages import account, conversation
+from sigillo.portal.pages import account, check, conversation
 from sigillo.portal.pages.base import OUTAGES, BodyTooLarge, Portal, SignInRequired, drain
 from sigillo.portal.passwords import PasswordHasher
 from sigillo.staff.app import create_console
@@ -89,7 +89,7 @@ def create_app(
     static = resources.files("sigillo.portal").joinpath("static")
     app = FastAPI(title="sigillo portal", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.portal = portal
-    for route in [*account.routes(portal), *conversation.routes(portal)]:
+    for route in [*account.routes(portal), *conversation.routes(portal), *check.routes(portal)]:
         app.router.routes.append(route)
     app.router.routes.append(Mount("/static", StaticFiles(directory=str(static)), name="static"))
     # The staff console: its own pages, sessions and error handling, under these headers.
