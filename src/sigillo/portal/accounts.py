@@ -386,22 +386,8 @@ class Accounts(HashSlots):
         session ends. With ``keyring``, a password that overlaps the account's security phrase
         is refused, but only once the current password is proven: otherwise a session alone
         would be an oracle for the phrase, which the portal deliberately does not show."""
-        if await throttle.PORTAL.locked(self.store, user.address, client, now):
-            return PasswordChange.WRONG
-        account = await self.find(user.address)
-        if account is None or not await self._verify(account.password_hash, current):
-
-            def failed(session: Session) -> None:
-                throttle.PORTAL.record_failure(session, user.address, client, now)
-                audit.record(
-                    session,
-                    "portal.password_change_failed",
-                    actor=user.address,
-                    at=now,
-                    client=client,
-                )
-
-            await self.store.write(failed)
+        account = await self._confirmed(user, current, client, now, "portal.password_change_failed")
+        if account is None:
             return PasswordChange.WRONG
         phrase = None if keyring is None else phrase_of(keyring, account)
         if phrase is not None and PhraseProblem.OVERLAPS_CREDENTIAL in check_phrase(
@@ -420,6 +406,25 @@ class Accounts(HashSlots):
         await self.store.write(write)
         return PasswordChange.CHANGED
 
+    async def _confirmed(
+        self, user: sessions.SignedIn, current: str, client: str, now: datetime, failure: str
+    ) -> Account | None:
+        """The signed-in user's account if ``current`` is its password and sign-in is not
+        locked; otherwise None, and a wrong password counts towards the lockout like a failed
+        sign-in (audited as ``failure``)."""
+        if await throttle.PORTAL.locked(self.store, user.address, client, now):
+            return None
+        account = await self.find(user.address)
+        if account is not None and await self._verify(account.password_hash, current):
+            return account
+
+        def failed(session: Session) -> None:
+            throttle.PORTAL.record_failure(session, user.address, client, now)
+            audit.record(session, failure, actor=user.address, at=now, client=client)
+
+        await self.store.write(failed)
+        return None
+
     async def change_phrase(
         self,
         user: sessions.SignedIn,
@@ -433,22 +438,8 @@ class Accounts(HashSlots):
         the current password: a session left open on a shared computer must not be enough to
         change what tells this person's genuine mail from an imitation. False when the
         password is wrong or sign-in is locked; the caller checks the phrase first."""
-        if await throttle.PORTAL.locked(self.store, user.address, client, now):
-            return False
-        account = await self.find(user.address)
-        if account is None or not await self._verify(account.password_hash, current):
-
-            def failed(session: Session) -> None:
-                throttle.PORTAL.record_failure(session, user.address, client, now)
-                audit.record(
-                    session,
-                    "portal.phrase_change_failed",
-                    actor=user.address,
-                    at=now,
-                    client=client,
-                )
-
-            await self.store.write(failed)
+        account = await self._confirmed(user, current, client, now, "portal.phrase_change_failed")
+        if account is None:
             return False
         account_id = account.id
 
