@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from sigillo.phishing import Checker, CheckPolicy, Report
 from sigillo.phishing import message as message_module
@@ -132,12 +133,16 @@ def test_over_the_size_limit_is_errored() -> None:
 
 def test_an_internal_failure_is_errored_never_clean(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(raw: bytes) -> None:
-        raise ValueError("boom")
+        raise ValueError(f"cannot read {raw!r}")  # an error that quotes the mail
 
     monkeypatch.setattr(message_module, "parse", broken)
-    report = check(b"From: a@org.example\r\n\r\nx")
+    with capture_logs() as logs:
+        report = check(b"From: a@org.example\r\n\r\nMy IBAN is IT60X0542811101000000123456")
     assert report.verdict == "errored"
     assert report.to_json()["findings"][0]["code"] == "check-error"  # type: ignore[index]
+    # Logged: what failed and where, never the message text the exception carried.
+    [entry] = [e for e in logs if e["event"] == "check_failed"]
+    assert entry["error"] == "ValueError" and "IBAN" not in repr(logs)
 
 
 def test_missing_boundary_text_is_still_read() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -154,7 +155,13 @@ class Checker:
         except RecursionError:
             return _errored("message nested too deeply to read")
         except Exception as exc:  # the contract: errored, never an exception
-            log.warning("check_failed", error=repr(exc)[:300])
+            # The type and where, never the text: an exception's message can quote the mail.
+            where = traceback.extract_tb(exc.__traceback__)[-1:]
+            log.warning(
+                "check_failed",
+                error=type(exc).__name__,
+                at=f"{where[0].filename}:{where[0].lineno}" if where else None,
+            )
             return _errored(f"internal error while checking ({type(exc).__name__})")
 
     def _findings(self, raw: bytes, recipient: str | None) -> list[Finding]:
