@@ -51,6 +51,23 @@ def published(tmp_path: Path, key: Path) -> dict[str, str]:
     return record
 
 
+def checked(tmp_path: Path, key: Path, raw: bytes) -> str:
+    """The verdict of ``sigillo check`` on mail as the recipient's server stored it, offline:
+    the same key file is all it knows."""
+    run = subprocess.run(
+        [sys.executable, "-m", "sigillo", "check", "-", "--json"],
+        cwd=tmp_path,
+        env={**os.environ, "SIGILLO_NOTIFY__DKIM_KEY_FILE": str(key)},
+        input=raw,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    verdict: str = json.loads(run.stdout)["verdict"]
+    return verdict
+
+
 def dns(record: dict[str, str]) -> Callable[..., bytes]:
     def lookup(name: bytes, timeout: int = 5) -> bytes:
         return record["value"].encode() if name.decode().rstrip(".") == record["name"] else b""
@@ -140,6 +157,9 @@ async def test_notifications_are_signed_and_show_the_phrase_once_chosen(
         # An imitation made from it: the phrase removed (or anything else changed) breaks it.
         forged = second.raw.replace(PHRASE.encode(), b"Gatto rosso sul tetto")
         assert forged != second.raw and not verifies(forged, record)
+        # What a recipient's check says of each: ours genuine, the imitation an imitation.
+        assert checked(tmp_path, key, second.raw) == "genuine"
+        assert checked(tmp_path, key, forged) == "phishing"
 
 
 async def test_a_dsn_is_signed(
@@ -156,6 +176,7 @@ async def test_a_dsn_is_signed(
         [(_, _, raw)] = gateway.relay.received
         assert message_from_bytes(raw, policy=default).get_content_type() == "multipart/report"
         assert verifies(raw, published(tmp_path, key))
+        assert checked(tmp_path, key, raw) == "genuine"
 
 
 async def test_a_recipients_reply_and_its_copy_are_not_signed(
