@@ -4,8 +4,10 @@
 #   scripts/test.sh [PYTEST ARGS...]      (test paths are relative to the repository root)
 #
 # Runs from any directory, as root, without standard input. Installs the Debian packages the
-# integration tests drive (Postfix, dnsmasq, swaks; Chromium and a font for the portal's browser
-# tests, which Playwright drives instead of downloading its own; PostgreSQL when there is none),
+# integration tests drive (Postfix, dnsmasq, swaks; nsd, unbound and ldnsutils for the
+# DNSSEC-signed test zones, nginx-light for MTA-STS policy hosts; Chromium and a font for the
+# portal's browser tests, which Playwright drives instead of downloading its own; PostgreSQL when
+# there is none),
 # starts the PostgreSQL cluster when it is down, creates .venv and installs the project into it.
 # Every check runs even when an earlier one fails; the exit status is non-zero if any failed.
 set -euo pipefail
@@ -25,7 +27,7 @@ fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
-for pkg in postfix dnsmasq swaks chromium fonts-dejavu-core; do
+for pkg in postfix dnsmasq swaks nsd unbound ldnsutils nginx-light chromium fonts-dejavu-core; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ! command -v psql >/dev/null || ! command -v pg_ctlcluster >/dev/null \
@@ -42,7 +44,39 @@ if [ "${#missing[@]}" -gt 0 ]; then
     # Postfix asks debconf how to configure the default instance: a local-only one, never used.
     echo "postfix postfix/main_mailer_type select Local only" | debconf-set-selections
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+    # The tests run their own nsd, unbound and nginx: the packages' services must not start
+    # (they would take ports 53, 80 and 443, and unbound may rewrite resolv.conf). A
+    # policy-rc.d that answers 101 tells Debian's maintainer scripts not to start any service.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        own_policy=1
+        trap 'rm -f "$policy"' EXIT
+    fi
+    status=0
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null || status=$?
+    if [ -n "$own_policy" ]; then
+        rm -f "$policy"
+        trap - EXIT
+    fi
+    [ "$status" -eq 0 ] || exit "$status"
+    # Nor start at the next boot; and should one be running anyway, stop it.
+    for pkg in nsd unbound nginx-light; do
+        [[ " ${missing[*]} " == *" $pkg "* ]] || continue
+        service=${pkg%-light}
+        say "disabling the default $service service the package installed"
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now "$service" >/dev/null 2>&1 || true
+        else
+            systemctl disable "$service" >/dev/null 2>&1 || true
+            if [ -x "/etc/init.d/$service" ]; then
+                "/etc/init.d/$service" stop >/dev/null 2>&1 || true
+            fi
+        fi
+        update-rc.d "$service" disable >/dev/null 2>&1 || true
+    done
     # The tests run their own instances; the package's default Postfix must not hold port 25.
     if [[ " ${missing[*]} " == *" postfix "* ]] && postfix status >/dev/null 2>&1; then
         say "stopping the default Postfix instance the package started"

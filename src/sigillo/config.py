@@ -76,6 +76,23 @@ TLSLevel = Literal["verify", "encrypt", "portal"]
 """Per-domain TLS policy for message content. None of them permits plaintext."""
 
 
+def system_nameservers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """The system resolver's nameserver addresses (what an empty ``[dns] nameservers`` uses)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            try:
+                found.append(str(ipaddress.ip_address(words[1].split("%")[0])))
+            except ValueError:
+                continue
+    return found
+
+
 def _parse_hostport(value: str, default_port: int) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep:
@@ -129,6 +146,17 @@ class DNSSettings(_Section):
     nameservers: list[str] = []
     """``IP`` or ``IP:PORT``; empty means the system resolver."""
     timeout: Duration = timedelta(seconds=10)
+    trust_ad: bool | None = None
+    """Believe the AD (authenticated data) bit of answers: DNSSEC validated by the resolver.
+    Unset: true exactly when every resolver is on loopback (a local validating resolver, as
+    for Postfix's DANE); a resolver across the network could have its AD bit forged."""
+
+    @property
+    def ad_trusted(self) -> bool:
+        if self.trust_ad is not None:
+            return self.trust_ad
+        hosts = [host for host, _ in self.servers] or system_nameservers()
+        return bool(hosts) and all(ipaddress.ip_address(h).is_loopback for h in hosts)
 
     @field_validator("nameservers")
     @classmethod
@@ -170,7 +198,10 @@ class DeliverySettings(_Section):
     dsn_include_content: bool = False
     """DSNs to the sender carry the original headers only; true attaches the whole message."""
     dane: bool = True
+    """Use the recipient domain's DANE TLSA records (RFC 7672) when DNSSEC vouches for them."""
     mta_sts: bool = True
+    """Use the recipient domain's MTA-STS policy (RFC 8461); ``ca_file`` also validates the
+    policy host's certificate."""
     domains: dict[str, TLSLevel] = {}
     """Per-domain override: ``"example.com"`` exact, ``".example.com"`` its subdomains."""
 
@@ -185,6 +216,14 @@ class DeliverySettings(_Section):
         if value and not Path(value).is_file():
             raise ValueError(f"ca_file {value!r} does not exist")
         return value
+
+
+class TLSReportSettings(_Section):
+    enabled: bool = True
+    """Send a daily TLS report (RFC 8460) to domains that publish ``_smtp._tls``."""
+    organization_name: str = "sigillo"
+    contact_info: str = ""
+    """Named in every report; empty: ``postmaster@<smtp.hostname>``."""
 
 
 class RelaySettings(_Section):
@@ -340,6 +379,7 @@ class Settings(BaseSettings):
     dns: DNSSettings = DNSSettings()
     delivery: DeliverySettings = DeliverySettings()
     relay: RelaySettings = RelaySettings()
+    tlsrpt: TLSReportSettings = TLSReportSettings()
     portal: PortalSettings = PortalSettings()
     notify: NotifySettings = NotifySettings()
     phishing: PhishingSettings = PhishingSettings()

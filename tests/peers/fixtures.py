@@ -11,6 +11,7 @@ Loopback layout (one random 127.X.Y block per test session, `peer_block`):
     .4  wrongname  STARTTLS, self-signed certificate for wrong.invalid
     .5  broken     advertises STARTTLS, answers 454 to it
     .6  (free for a test's own server, e.g. one capped below TLS 1.2: mx.oldtls.test)
+    .7  nginx      HTTPS for any host name a test gives it (`nginx_peer`: MTA-STS policy hosts)
     .9  (nothing listens: connections are refused)
 """
 
@@ -28,7 +29,9 @@ import pytest
 
 from tests.peers.ca import PeerCA, make_ca
 from tests.peers.dnsmasq import DnsmasqPeer
+from tests.peers.dnssec import DnssecPeer
 from tests.peers.net import free_loopback_block, free_port
+from tests.peers.nginx import NginxPeer
 from tests.peers.postfix import Listener, PostfixPeer
 
 #: Domains delivered into the peer's Maildir.
@@ -178,6 +181,38 @@ def dns_peer(tmp_path_factory: pytest.TempPathFactory, peer_block: str) -> Itera
         hosts,
         ["server=/dnstimeout.test/127.0.0.1#9"],
     )
+    try:
+        peer.start()
+        yield peer
+    finally:
+        peer.stop()
+
+
+@pytest.fixture(scope="session")
+def dnssec_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnssecPeer]:
+    """unbound validating zones that nsd serves signed; ``.nameserver`` is "127.0.0.1:PORT".
+
+    ``test.`` is signed (the trust anchor), ``insecure.test.`` unsigned, ``bogus.test.`` fails
+    validation (SERVFAIL). Tests add their own records with ``.publish([...])`` under names from
+    ``.fresh_domain("label")``; see tests/peers/dnssec.py.
+    """
+    peer = DnssecPeer(tmp_path_factory.mktemp("dnssec"))
+    try:
+        peer.start()
+        yield peer
+    finally:
+        peer.stop()
+
+
+@pytest.fixture(scope="session")
+def nginx_peer(
+    tmp_path_factory: pytest.TempPathFactory, peer_block: str, test_ca: PeerCA
+) -> Iterator[NginxPeer]:
+    """nginx serving HTTPS on ``<peer_block>.7`` (``.address``, ``.port``) for any host name,
+    with certificates from `test_ca`: ``.serve(host, path, body, content_type)``,
+    ``.redirect(...)``, ``.error(...)``, ``.certificate(host, kind)``; see tests/peers/nginx.py.
+    """
+    peer = NginxPeer(tmp_path_factory.mktemp("nginx"), f"{peer_block}.7", test_ca.ca)
     try:
         peer.start()
         yield peer

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from sigillo.config import ConfigError, load_settings
+from sigillo import config
+from sigillo.config import ConfigError, DNSSettings, load_settings, system_nameservers
 
 
 def test_embedded_defaults_match_the_contract(
@@ -86,3 +87,53 @@ def test_missing_and_unparseable_files(tmp_path: Path) -> None:
     broken.write_text("[smtp\nlisten=")
     with pytest.raises(ConfigError):
         load_settings(broken)
+
+
+@pytest.mark.parametrize(
+    ("nameservers", "trust_ad", "trusted"),
+    [
+        (["127.0.0.1:5353"], None, True),
+        (["127.0.0.53", "[::1]:53"], None, True),
+        (["127.0.0.1", "192.0.2.53"], None, False),  # one resolver across the network
+        (["192.0.2.53"], None, False),
+        (["192.0.2.53"], True, True),  # the operator vouches for the path
+        (["127.0.0.1:5353"], False, False),
+    ],
+)
+def test_ad_bit_trusted_only_from_loopback_unless_configured(
+    nameservers: list[str], trust_ad: bool | None, trusted: bool
+) -> None:
+    dns_settings = DNSSettings.model_validate({"nameservers": nameservers, "trust_ad": trust_ad})
+    assert dns_settings.ad_trusted is trusted
+
+
+@pytest.mark.parametrize(
+    ("system", "trusted"),
+    [(["127.0.0.53"], True), (["127.0.0.53", "10.0.0.2"], False), ([], False)],
+)
+def test_ad_trust_for_the_system_resolver_follows_resolv_conf(
+    monkeypatch: pytest.MonkeyPatch, system: list[str], trusted: bool
+) -> None:
+    monkeypatch.setattr(config, "system_nameservers", lambda: system)
+    assert DNSSettings().ad_trusted is trusted
+    assert DNSSettings(trust_ad=True).ad_trusted is True
+
+
+def test_system_nameservers_reads_resolv_conf(tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(
+        "# generated\nsearch example.org\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\n"
+        "nameserver not-an-address\nnameserver\noptions edns0 trust-ad\n"
+    )
+    assert system_nameservers(resolv) == ["127.0.0.53", "fe80::1"]
+    assert system_nameservers(tmp_path / "missing") == []
+
+
+def test_trust_ad_from_file_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "sigillo.toml"
+    cfg.write_text('[dns]\nnameservers = ["127.0.0.1:5353"]\ntrust_ad = false\n')
+    assert load_settings(cfg).dns.ad_trusted is False
+    monkeypatch.setenv("SIGILLO_DNS__TRUST_AD", "true")
+    assert load_settings(cfg).dns.ad_trusted is True

@@ -99,6 +99,9 @@ class Message(Base):
     """AES-256-GCM nonce || ciphertext of the raw RFC 5322 message."""
     message_id_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     """SHA-256 of the Message-ID, so replies can be threaded without keeping headers in clear."""
+    requiretls: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Sent with ``MAIL FROM:<...> REQUIRETLS`` (RFC 8689): each copy goes only to a peer that
+    advertises REQUIRETLS over DANE- or MTA-STS-authenticated TLS, otherwise to the portal."""
 
     jobs: Mapped[list[Job]] = relationship(back_populates="message")
 
@@ -158,6 +161,9 @@ class Attempt(Base):
     cert_verified: Mapped[bool | None]
     verification: Mapped[str | None] = mapped_column(String(64))
     """How the peer was authenticated: ``ca_file``, ``system``, ``none (encrypt)``."""
+    tls_policy: Mapped[str | None] = mapped_column(String(16))
+    """The policy layer that authorised the TLS session: ``dane``, ``mta-sts``, ``verify`` or
+    ``encrypt``; None when no session carried content (the reason says why)."""
     smtp_code: Mapped[int | None] = mapped_column(Integer)
     smtp_reply: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, object] | None] = mapped_column(JSON)
@@ -405,3 +411,70 @@ class AutoAnswer(Base):
 
     sender_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     answered_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class MtaStsPolicy(Base):
+    """A recipient domain's MTA-STS policy (RFC 8461) as last fetched, with the state of its
+    refresh. A policy is used until ``expires_at``; a failed refetch keeps it."""
+
+    __tablename__ = "mta_sts_policies"
+
+    domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    policy_id: Mapped[str | None] = mapped_column(String(64))
+    """The ``id`` of the ``_mta-sts`` TXT record the policy was fetched for."""
+    mode: Mapped[str | None] = mapped_column(String(16))
+    """``enforce``, ``testing`` or ``none``; None: no valid policy is cached."""
+    mx: Mapped[list[str] | None] = mapped_column(JSON)
+    max_age: Mapped[int | None] = mapped_column(Integer)
+    policy_text: Mapped[str | None] = mapped_column(Text)
+    """The policy as fetched (at most 64 KiB): what TLS reports quote."""
+    fetched_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    last_attempt_at: Mapped[datetime | None]
+    """When a fetch was last tried: attempts are rate-limited per domain."""
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class TLSReportCount(Base):
+    """Sessions counted for a TLS report (RFC 8460): per day, policy and result type."""
+
+    __tablename__ = "tlsrpt_counts"
+    __table_args__ = (
+        Index(
+            "ux_tlsrpt_counts_key",
+            "day",
+            "policy_domain",
+            "policy_type",
+            "policy_hash",
+            "receiving_mx",
+            "receiving_ip",
+            "result_type",
+            unique=True,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    day: Mapped[str] = mapped_column(String(10))
+    """UTC date, ``YYYY-MM-DD``."""
+    policy_domain: Mapped[str] = mapped_column(String(255), index=True)
+    policy_type: Mapped[str] = mapped_column(String(16))
+    """``tlsa``, ``sts`` or ``no-policy-found``."""
+    policy_hash: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of ``policy_strings`` joined: the count's key without the text."""
+    policy_strings: Mapped[list[str]] = mapped_column(JSON)
+    receiving_mx: Mapped[str] = mapped_column(String(255))
+    receiving_ip: Mapped[str] = mapped_column(String(64))
+    result_type: Mapped[str] = mapped_column(String(48))
+    """``success`` for a successful session, else an RFC 8460 result type."""
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class TLSReportSent(Base):
+    """A day's report to a domain, once sent (or given up on): never sent twice."""
+
+    __tablename__ = "tlsrpt_sent"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    policy_domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    sent_at: Mapped[datetime]
+    outcome: Mapped[str] = mapped_column(Text)
