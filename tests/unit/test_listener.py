@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import ssl
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -419,3 +421,132 @@ async def test_the_answer_shows_the_senders_security_phrase(
     answer = keyring.open(message.id, message.kek_id, message.wrapped_key, message.content)
     parsed = BytesParser(EmailMessage, policy=default).parsebytes(answer)
     assert "«Purple-Heron at dawn»" in parsed.get_content()
+
+
+# -- REQUIRETLS (RFC 8689) ---------------------------------------------------------------------
+
+
+def _tls_settings(tmp_path: Path, **smtp: object) -> tuple[Settings, ssl.SSLContext]:
+    """Listener settings with a STARTTLS certificate, and a client context that trusts it."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("gw.org.example")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    settings = make_settings(
+        tls_cert_file=str(tmp_path / "cert.pem"), tls_key_file=str(tmp_path / "key.pem"), **smtp
+    )
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    return settings, client_ctx
+
+
+def _starttls(c: smtplib.SMTP, ctx: ssl.SSLContext) -> None:
+    c._host = "gw.org.example"  # type: ignore[attr-defined]  # smtplib checks the name it dialled
+    c.starttls(context=ctx)
+    c.ehlo("mail.org.example")
+
+
+async def _flags(store: Store) -> list[bool]:
+    return [m.requiretls for m in await _rows(store, Message)]
+
+
+async def test_requiretls_offered_only_on_a_tls_session(
+    tmp_path: Path, store: Store, keyring: Keyring
+) -> None:
+    settings, ctx = _tls_settings(tmp_path)
+    async for g in _gateway(store, keyring, settings):
+
+        def go(g: Gateway = g) -> tuple[bool, bool, bool]:
+            with g.client() as c:
+                before = c.has_extn("requiretls")
+                offers_starttls = c.has_extn("starttls")
+                _starttls(c, ctx)
+                return before, offers_starttls, c.has_extn("requiretls")
+
+        before, offers_starttls, after = await asyncio.to_thread(go)
+        assert offers_starttls and not before and after
+
+
+async def test_requiretls_never_offered_without_tls(gateway: Gateway) -> None:
+    def go() -> tuple[bool, int, bytes]:
+        with gateway.client() as c:
+            code, text = c.mail("doc@org.example", ["REQUIRETLS"])
+            return c.has_extn("requiretls"), code, text
+
+    offered, code, text = await asyncio.to_thread(go)
+    assert not offered and code == 555 and b"STARTTLS" in text
+    assert await gateway.counts() == (0, 0)
+
+
+async def test_requiretls_before_starttls_refused(
+    tmp_path: Path, store: Store, keyring: Keyring
+) -> None:
+    """TLS offered but not yet started: the parameter is refused, and accepted after STARTTLS."""
+    settings, ctx = _tls_settings(tmp_path)
+    async for g in _gateway(store, keyring, settings):
+
+        def go(g: Gateway = g) -> tuple[int, bytes, int]:
+            with g.client() as c:
+                code, text = c.mail("doc@org.example", ["REQUIRETLS"])
+                c.rset()
+                _starttls(c, ctx)
+                return code, text, c.mail("doc@org.example", ["REQUIRETLS"])[0]
+
+        refused, text, accepted = await asyncio.to_thread(go)
+        assert refused == 555 and b"REQUIRETLS" in text and accepted == 250
+        assert await g.counts() == (0, 0)
+
+
+async def test_requiretls_message_stored_flagged(
+    tmp_path: Path, store: Store, keyring: Keyring
+) -> None:
+    """Alongside SIZE and BODY; the next message of the same session is not flagged, and a
+    TLS-Required: No header neither clears the flag nor is removed from the content."""
+    settings, ctx = _tls_settings(tmp_path)
+    flagged = b"TLS-Required: No\r\n" + MAIL
+    async for g in _gateway(store, keyring, settings):
+
+        def go(g: Gateway = g) -> list[tuple[int, bytes]]:
+            with g.client() as c:
+                _starttls(c, ctx)
+                options = [f"SIZE={len(flagged)}", "BODY=8BITMIME", "REQUIRETLS"]
+                first = c.sendmail("doc@org.example", ["a@x.example"], flagged, options)
+                second = c.sendmail("doc@org.example", ["b@x.example"], MAIL)
+                return [*first.values(), *second.values()]
+
+        assert await asyncio.to_thread(go) == []  # no recipient refused
+        messages = sorted(await _rows(store, Message), key=lambda m: m.received_at)
+        assert [m.requiretls for m in messages] == [True, False]
+        opened = keyring.open(
+            messages[0].id, messages[0].kek_id, messages[0].wrapped_key, messages[0].content
+        )
+        assert opened.endswith(flagged)
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        ("MAIL FROM:<doc@org.example> REQUIRETLS=YES", 555),  # RFC 8689: it has no value
+        ("MAIL FROM:<doc@org.example> REQUIRETLS XFOO", 555),  # others: as before
+        ("MAIL FROM:<doc@org.example> SIZE=99999999 REQUIRETLS", 552),  # SIZE still checked
+        ("MAIL FROM:<doc@org.example> BODY=BINARYMIME REQUIRETLS", 501),  # BODY still checked
+    ],
+)
+async def test_requiretls_leaves_other_parameters_checked(
+    tmp_path: Path, store: Store, keyring: Keyring, command: str, code: int
+) -> None:
+    settings, ctx = _tls_settings(tmp_path)
+    async for g in _gateway(store, keyring, settings):
+
+        def go(g: Gateway = g) -> tuple[int, int]:
+            with g.client() as c:
+                _starttls(c, ctx)
+                got = c.docmd(command)[0]
+                c.rset()
+                c.mail("doc@org.example", ["REQUIRETLS"])
+                return got, c.docmd("RCPT TO:<a@x.example> REQUIRETLS")[0]
+
+        got, rcpt = await asyncio.to_thread(go)
+        assert got == code
+        assert rcpt == 555  # a MAIL parameter only
+        assert await _flags(store) == []

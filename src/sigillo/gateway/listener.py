@@ -8,6 +8,14 @@ destinations, handled by ``sigillo.gateway.inbound`` in the same transaction as 
 the message. They too are reached only through the organisation's mail server, which routes
 them here like any internal mailbox: the listener talks to ``[smtp] trusted_networks`` only, so
 the internet can neither relay through it nor fill the store with reports.
+
+REQUIRETLS (RFC 8689): the listener offers it in the EHLO answer of a TLS session only, and a
+message sent with ``MAIL FROM:<...> REQUIRETLS`` is stored with ``Message.requiretls``: each of
+its copies then goes only to a peer that offers REQUIRETLS over DANE- or MTA-STS-authenticated
+TLS, otherwise to the portal. The ``TLS-Required: No`` header field (RFC 8689 section 3) asks
+relays to relax TLS; sigillo ignores it for every delivery decision and passes it on untouched:
+the recipient domain's policy and ``[delivery]`` alone decide, and sensitive content never
+leaves in plaintext or over a weaker TLS than they demand, whatever the header says.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import asyncio
 import ipaddress
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.utils import format_datetime
 from typing import Any
 
@@ -38,6 +46,7 @@ log = structlog.get_logger("sigillo.listener")
 _BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 MAX_HOPS = 50
 """More Received headers than this means a loop (Postfix's hopcount_limit is 50 too)."""
+REQUIRETLS = "REQUIRETLS"
 
 
 class GatewayHandler:
@@ -68,12 +77,33 @@ class GatewayHandler:
             address = address.ipv4_mapped
         return any(address in net for net in self.networks)
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # this hook's duty in aiosmtpd's 5-argument form
+        if session.ssl is not None:
+            # RFC 8689 section 2: REQUIRETLS is meaningful on a TLS session only, so it is
+            # offered there and nowhere else. The last line stays "250 HELP".
+            responses.insert(len(responses) - 1, f"250-{REQUIRETLS}")
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         if not self._trusted(session):
             log.warning("relay_refused", client=_client(session))
             return "554 5.7.1 Relay access denied: this client is not in smtp.trusted_networks"
+        if REQUIRETLS in options and session.ssl is None:
+            # RFC 8689 section 2 allows the parameter only on a session that employs TLS and
+            # names no reply for a client that sends it elsewhere. Outside TLS the extension
+            # is not offered, and RFC 5321 section 4.1.1.11 answers an unoffered MAIL
+            # parameter with 555. Permanent: the same command will fail the same way.
+            return "555 5.5.4 REQUIRETLS is offered only after STARTTLS"
         # The null reverse-path arrives as "<>" and must stay so: aiosmtpd reads an empty
         # mail_from as "no MAIL yet". It is stored as "".
         if address and address != "<>":
@@ -118,6 +148,7 @@ class GatewayHandler:
         stamped = self._received_header(session, envelope, msg_id) + content
         now = queue.utcnow()
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
+        requiretls = REQUIRETLS in envelope.mail_options  # RFC 8689 4.1: tag the message
         client = _client(session)
         outward, own = [], set()
         for rcpt in envelope.rcpt_tos:
@@ -135,6 +166,7 @@ class GatewayHandler:
                 client_address=client,
                 now=now,
                 msg_id=msg_id,
+                requiretls=requiretls,
             )
             if outward
             else None
@@ -173,7 +205,13 @@ class GatewayHandler:
             # Whether and why; never the sender, the subject or anything else of the mail.
             log.info("auto_answer", sent=answered.sent, reason=answered.reason)
         if outward:
-            log.info("accepted", message=msg_id, recipients=len(outward), size=len(content))
+            log.info(
+                "accepted",
+                message=msg_id,
+                recipients=len(outward),
+                size=len(content),
+                requiretls=requiretls,
+            )
         if (outward or (answered is not None and answered.sent)) and self.on_queued is not None:
             self.on_queued()
         return f"250 2.0.0 OK queued as {msg_id}" if outward else "250 2.0.0 OK"
@@ -210,6 +248,22 @@ def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+class GatewaySMTP(SMTP):
+    """aiosmtpd's server, letting through the one MAIL parameter sigillo adds: REQUIRETLS."""
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        # aiosmtpd answers 555 to every MAIL parameter it does not know itself before any
+        # handler hook runs, and offers no hook for extension parameters; this is where it
+        # collects them. REQUIRETLS, valueless as RFC 8689 section 2 defines it, is taken out
+        # of that check only: it stays in the options handle_MAIL (and handle_RCPT) receive,
+        # which decide. "REQUIRETLS=x" is still refused. Should aiosmtpd stop calling this,
+        # REQUIRETLS gets 555 again: the failure is a refusal, never a lost flag.
+        found: dict[str, str | bool] | None = super()._getparams(params)
+        if found is not None and found.get(REQUIRETLS) is True:
+            del found[REQUIRETLS]
+        return found
+
+
 def smtp_factory(settings: Settings, handler: GatewayHandler) -> Callable[[], SMTP]:
     tls = server_tls_context(settings)
     smtp = settings.smtp
@@ -219,7 +273,7 @@ def smtp_factory(settings: Settings, handler: GatewayHandler) -> Callable[[], SM
         if tls is not None:
             kwargs["tls_context"] = tls
             kwargs["require_starttls"] = smtp.require_starttls
-        return SMTP(
+        return GatewaySMTP(
             handler,
             hostname=smtp.hostname,
             ident="sigillo",

@@ -70,6 +70,7 @@ async def enqueue(
     client_address: str,
     msg_id: str | None = None,
     now: datetime | None = None,
+    requiretls: bool = False,
 ) -> str:
     """Store the encrypted message and one DELIVER job per recipient in one transaction.
 
@@ -83,6 +84,7 @@ async def enqueue(
         client_address=client_address,
         now=now,
         msg_id=msg_id,
+        requiretls=requiretls,
     )
     msg_id = message.id
 
@@ -105,8 +107,12 @@ def new_message(
     client_address: str,
     now: datetime,
     msg_id: str | None = None,
+    requiretls: bool = False,
 ) -> Message:
-    """A message row with its content sealed, ready to add to a transaction."""
+    """A message row with its content sealed, ready to add to a transaction.
+
+    ``requiretls``: it arrived with ``MAIL FROM:<...> REQUIRETLS`` (RFC 8689).
+    """
     msg_id = msg_id or new_message_id()
     sealed = keyring.seal(msg_id, content)
     return Message(
@@ -119,6 +125,7 @@ def new_message(
         wrapped_key=sealed.wrapped_key,
         content=sealed.content,
         message_id_hash=header_message_id(content),
+        requiretls=requiretls,
     )
 
 

@@ -2,6 +2,10 @@
 
 Both content delivery and notifications use it; what TLS they demand is decided by the caller
 (content: ``gateway.delivery``, never plaintext; notifications: ``sigillo.notify``).
+
+REQUIRETLS (RFC 8689): ``offers_requiretls`` reads the EHLO answer of the TLS session only, and
+``transaction(..., requiretls=True)`` refuses to send anything to a peer that does not offer it,
+even if the caller forgot to ask first.
 """
 
 from __future__ import annotations
@@ -96,6 +100,16 @@ class Session:
     def offers_starttls(self) -> bool:
         return self.smtp.supports_extension("starttls")
 
+    @property
+    def offers_requiretls(self) -> bool:
+        """The peer offered REQUIRETLS in its EHLO answer after STARTTLS.
+
+        An offer in the plaintext EHLO answer proves nothing: anyone on the path can add it
+        (RFC 8689 section 4.2.1 requires it after STARTTLS). aiosmtplib forgets the plaintext
+        extensions at STARTTLS, and ``self.tls`` is set only once the handshake succeeded.
+        """
+        return self.tls is not None and self.smtp.supports_extension("requiretls")
+
     async def starttls(
         self, server_hostname: str, context: ssl.SSLContext, verification: str
     ) -> TLSInfo:
@@ -128,15 +142,26 @@ class Session:
         return self.tls
 
     async def transaction(
-        self, mail_from: str, recipients: Sequence[str], content: bytes
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        content: bytes,
+        requiretls: bool = False,
     ) -> TransactionResult:
         """MAIL, RCPT for each recipient, DATA if any was accepted.
 
+        ``requiretls`` sends ``MAIL FROM:<...> REQUIRETLS``. The caller checks
+        ``offers_requiretls`` first; should it not, ``TLSFailure`` is raised before anything
+        is sent, so a REQUIRETLS message never reaches a peer that did not promise to honour it.
         A lost connection mid-transaction raises ``SessionError``; replies never raise.
         """
+        if requiretls and not self.offers_requiretls:
+            raise TLSFailure("no REQUIRETLS", "the server does not offer REQUIRETLS over TLS")
         options = [f"SIZE={len(content)}"] if self.smtp.supports_extension("size") else []
         if self.smtp.supports_extension("8bitmime") and any(b > 0x7F for b in content):
             options.append("BODY=8BITMIME")
+        if requiretls:
+            options.append("REQUIRETLS")
         try:
             try:
                 resp = await self.smtp.mail(mail_from, options=options)
