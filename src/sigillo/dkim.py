@@ -31,6 +31,8 @@ SIGNED_HEADERS = (
     b"Auto-Submitted",
     b"In-Reply-To",
     b"References",
+    b"TLS-Report-Domain",
+    b"TLS-Report-Submitter",
 )
 """Signed whether present or not: a header named in ``h=`` but absent is signed as empty, so
 a copy with a Reply-To, a Cc or a second Subject added fails to verify."""

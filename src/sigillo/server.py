@@ -13,6 +13,7 @@ import structlog
 import uvicorn
 
 from sigillo.config import Settings
+from sigillo.gateway import tlsrpt
 from sigillo.gateway.listener import start_listener
 from sigillo.gateway.worker import Worker
 from sigillo.lifecycle import run_retention
@@ -102,6 +103,7 @@ async def serve(settings: Settings, roles: Iterable[str]) -> None:
     if worker is not None:
         tasks.append(asyncio.create_task(worker.run(stop)))
         tasks.append(asyncio.create_task(retention_job(settings, store, stop)))
+        tasks.append(asyncio.create_task(tlsrpt.report_job(settings, store, keyring, stop)))
     portal = None
     if "portal" in roles:
         host, port = settings.portal.listen_address

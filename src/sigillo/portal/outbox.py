@@ -23,9 +23,10 @@ from sigillo.store.models import Account, JobKind
 
 ACCOUNT_MAIL = "portal"
 AUTO_ANSWER = "auto-answer"
+TLS_REPORT = "tls-report"
 """``messages.client_address`` of mail sigillo writes itself (no SMTP client sent it): the
 worker DKIM-signs queued mail from these sources only."""
-OWN_WORDS = frozenset({ACCOUNT_MAIL, AUTO_ANSWER})
+OWN_WORDS = frozenset({ACCOUNT_MAIL, AUTO_ANSWER, TLS_REPORT})
 
 
 class Outbox:
