@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sigillo import logs
-from sigillo.commands import audit, check, dkim, keys, staff, subject
+from sigillo.commands import audit, check, dkim, domains, keys, staff, subject, tlsrpt
 from sigillo.commands.common import (
     ConfigOption,
     JsonOption,
@@ -41,7 +41,9 @@ app.add_typer(dkim.app, name="dkim")
 app.add_typer(keys.app, name="keys")
 app.add_typer(staff.app, name="staff")
 app.add_typer(subject.app, name="subject")
+app.add_typer(tlsrpt.app, name="tlsrpt")
 app.command("check")(check.check)
+app.command("domains")(domains.domains)
 
 
 @app.command()
@@ -176,43 +178,70 @@ def queue_cmd(
 
 @app.command()
 def probe(domain: str, config: ConfigOption = None, json_: JsonOption = False) -> None:
-    """What the delivery worker would decide for DOMAIN right now (no mail is sent)."""
+    """What the delivery worker would decide for DOMAIN right now (no mail is sent): each
+    policy layer's finding (override, DANE, MTA-STS, default) and the decision."""
+    import tempfile
+
     from sigillo.gateway.delivery import Deliverer
+    from sigillo.gateway.dnssec import SecureResolver
+    from sigillo.gateway.mtasts import MtaSts
     from sigillo.gateway.mx import MXResolver
     from sigillo.policies import DomainPolicies
+    from sigillo.store import migrate
 
     settings = settings_from(config)
 
     async def go() -> dict[str, Any]:
-        resolver = MXResolver(settings.dns)
-        deliverer = Deliverer(settings.delivery, resolver, settings.smtp.hostname)
-        # The console's domain policies count as they would for the worker; without a
-        # database the answer rests on the config file alone, and says so.
-        console_note = None
+        secure = SecureResolver(settings.dns)
+        resolver = MXResolver(settings.dns, secure=secure)
+        # The console's domain policies and the MTA-STS cache count as they would for the
+        # worker; without a database the answer rests on the config file and a throw-away
+        # cache, and says so.
+        notes = []
+        scratch: tempfile.TemporaryDirectory[str] | None = None
+        store: Store | None = None
         try:
             if not database_exists(settings.storage.database_url):
                 raise StoreUnavailable("no database yet")
             store = await open_store(settings)
+            console = (await DomainPolicies.load(store)).tls()
         except (StoreUnavailable, OSError, OperationalError, DBAPIError) as exc:
-            console_note = f"console policies not read: {str(exc).splitlines()[0]}"
-        else:
-            try:
-                deliverer.console = (await DomainPolicies.load(store)).tls()
-            finally:
+            if store is not None:
                 await store.close()
-        result = await deliverer.probe(domain.lower().rstrip("."))
+            notes.append(f"console policies not read: {str(exc).splitlines()[0]}")
+            console = {}
+            scratch = tempfile.TemporaryDirectory(prefix="sigillo-probe-")
+            store = Store(f"sqlite:///{scratch.name}/probe.db")
+            await migrate.upgrade(store)
+        deliverer = Deliverer(
+            settings.delivery,
+            resolver,
+            settings.smtp.hostname,
+            secure=secure,
+            mtasts=MtaSts(store, secure, settings.delivery),
+        )
+        deliverer.console = console
+        try:
+            result = await deliverer.probe(domain.lower().rstrip("."))
+        finally:
+            await deliverer.close()
+            await store.close()
+            if scratch is not None:
+                scratch.cleanup()
         decision = result.results[0]
         return {
             "domain": domain,
             "policy": result.policy.level.label,
             "policy_source": result.policy.source,
+            "layers": result.layers(),
             "decision": decision.outcome.value,
+            "authorised_by": result.authority,
             "reason": decision.reason,
             "mx_host": result.mx_host,
             "mx_ip": result.mx_ip,
             "tls": asdict(result.tls) if result.tls else None,
             "trail": result.trail,
-            **({"warning": console_note} if console_note else {}),
+            **({"warning": "; ".join(notes)} if notes else {}),
         }
 
     emit(run(go), json_)

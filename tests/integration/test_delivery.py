@@ -8,10 +8,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from sigillo.gateway.records import attempt_record
 from sigillo.notify import token_hash
 from sigillo.store.models import ConversationMessage, JobKind, JobState, PortalToken
 from tests.integration.gateway import Gateway, received, running_gateway
@@ -254,3 +256,30 @@ async def test_session_reused_for_the_next_message_to_the_same_mx(
     assert a2.cert_verified and a2.tls_version == a1.tls_version
     got = await received(mx_peers, 2, lambda m: m.recipient in (first, second))
     assert {m.tls for m in got} == {a1.tls_version}
+
+
+async def test_records_name_the_policy_that_authorised_the_session(
+    tmp_path: Path, mx_peers: MxPeers, dns_peer: DnsmasqPeer
+) -> None:
+    sections = {"delivery": {"domains": {"wrongname.test": "encrypt"}}}
+    verified, encrypted, portal = addr("tls.test"), addr("wrongname.test"), addr("plain.test")
+    records: dict[str, dict[str, Any]] = {}
+    async with running_gateway(tmp_path, mx_peers, dns_peer, sections) as gateway:
+        for rcpt in (verified, encrypted, portal):
+            msg_id = await gateway.send("rossi@org.example", [rcpt], mail([rcpt]))
+            [job] = await gateway.settle(msg_id)
+            [attempt] = await gateway.attempts(job.id)
+            records[rcpt] = attempt_record(attempt)
+    assert records[verified]["tls_policy"] == "verify"
+    assert records[encrypted]["tls_policy"] == "encrypt"
+    assert records[portal]["tls_policy"] is None and records[portal]["outcome"] == "portal"
+    # Each record carries every layer's finding; dnsmasq signs nothing, so DANE never applies.
+    layers = records[verified]["details"]["layers"]
+    assert [(f["layer"], f["applies"]) for f in layers] == [
+        ("override", False),
+        ("dane", False),
+        ("mta-sts", False),
+        ("default", True),
+    ]
+    override = records[encrypted]["details"]["layers"][0]
+    assert override == {"layer": "override", "applies": True, "finding": "encrypt (wrongname.test)"}

@@ -11,7 +11,7 @@ from sigillo.gateway.connections import ConnectionCache
 from sigillo.gateway.smtpclient import Session
 from sigillo.gateway.tlspolicy import Level
 
-KEY = ("192.0.2.1", 25, "mx.example", Level.VERIFY)
+KEY = ("192.0.2.1", 25, "mx.example", Level.VERIFY, "verify")
 
 
 class FakeSession:

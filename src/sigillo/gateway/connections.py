@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from sigillo.gateway.smtpclient import Session
 from sigillo.gateway.tlspolicy import Level
 
-CacheKey = tuple[str, int, str, Level]
-"""(MX address, port, MX host name, TLS level)."""
+CacheKey = tuple[str, int, str, Level, str]
+"""(MX address, port, MX host name, TLS level, ``Requirement.cache_tag``): a session is reused
+only under the very requirement that authorised it."""
 
 
 @dataclass

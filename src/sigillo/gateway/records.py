@@ -20,6 +20,7 @@ def attempt_record(attempt: Attempt) -> dict[str, Any]:
         "tls_cipher": attempt.tls_cipher,
         "cert_verified": attempt.cert_verified,
         "verification": attempt.verification,
+        "tls_policy": attempt.tls_policy,
         "smtp_code": attempt.smtp_code,
         "smtp_reply": attempt.smtp_reply,
         "details": attempt.details,

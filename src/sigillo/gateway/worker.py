@@ -27,9 +27,11 @@ from sqlalchemy.orm import Session
 
 from sigillo.config import Settings
 from sigillo.dkim import DkimSigner
-from sigillo.gateway import queue
+from sigillo.gateway import queue, tlsrpt
 from sigillo.gateway.delivery import Deliverer, GroupResult, Outcome, RecipientResult
+from sigillo.gateway.dnssec import SecureResolver
 from sigillo.gateway.dsn import FailedRecipient, build_dsn, dsn_bytes
+from sigillo.gateway.mtasts import MtaSts
 from sigillo.gateway.mx import MXResolver
 from sigillo.gateway.relay import send_to_relay
 from sigillo.gateway.smtpclient import SessionError
@@ -86,8 +88,17 @@ class Worker:
             notify.dkim_key_file, notify.dkim_selector, notify.domain
         )
         self.name = worker_name()
-        self.resolver = MXResolver(settings.dns)
-        self.deliverer = Deliverer(settings.delivery, self.resolver, settings.smtp.hostname)
+        # One DNSSEC-aware resolver for MX, TLSA, MTA-STS and notifications alike: the AD bit
+        # of the very answers used is what DANE relies on.
+        self.secure = SecureResolver(settings.dns)
+        self.resolver = MXResolver(settings.dns, secure=self.secure)
+        self.deliverer = Deliverer(
+            settings.delivery,
+            self.resolver,
+            settings.smtp.hostname,
+            secure=self.secure,
+            mtasts=MtaSts(store, self.secure, settings.delivery),
+        )
         self.wake = asyncio.Event()
         self._policies_loaded = -POLICY_REFRESH
         self._tasks: set[asyncio.Task[None]] = set()
@@ -188,7 +199,7 @@ class Worker:
         try:
             async with asyncio.timeout(budget):
                 result = await self.deliverer.deliver(
-                    first.domain, message.mail_from, recipients, content
+                    first.domain, message.mail_from, recipients, content, message.requiretls
                 )
         except TimeoutError:
             result = self.deliverer.timed_out(first.domain, recipients, budget)
@@ -202,6 +213,9 @@ class Worker:
         delivery = self.settings.delivery
 
         def record(session: Session) -> None:
+            if self.settings.tlsrpt.enabled:
+                for counted in result.sessions:
+                    tlsrpt.count(session, counted, now)
             if all(r.outcome is Outcome.TLS for r in result.results):
                 # The common case in one statement; the attempt rows join the group commit.
                 reason = result.results[0].reason
@@ -236,6 +250,7 @@ class Worker:
             outcomes={o.recipient: o.outcome.value for o in result.results},
             mx=result.mx_host,
             tls=result.tls.version if result.tls else None,
+            tls_policy=result.authority,
         )
 
     def _queue_dsn(self, session: Session, job: Job, message: Message, now: datetime) -> None:
@@ -344,7 +359,10 @@ class Worker:
                 postmaster=f"MAILER-DAEMON@{hostname}",
                 recipients=[failed],
                 arrival=message.received_at,
-                include_content=self.settings.delivery.dsn_include_content,
+                # A REQUIRETLS message's content never rides in a report that travels over
+                # whatever TLS the sender's server manages (RFC 8689 section 4.3).
+                include_content=self.settings.delivery.dsn_include_content
+                and not message.requiretls,
                 now=now,
             )
         except ValueError as exc:  # e.g. a sender address no report can be addressed to
@@ -476,12 +494,14 @@ def _attempt(now: datetime, outcome: RecipientResult, result: GroupResult) -> At
         tls_cipher=tls.cipher if tls else None,
         cert_verified=tls.verified if tls else None,
         verification=tls.verification if tls else None,
+        tls_policy=result.authority if tls else None,
         smtp_code=outcome.reply.code if outcome.reply else None,
         smtp_reply=outcome.reply.line if outcome.reply else None,
         details={
             "status": outcome.status,
             "policy": result.policy.level.label,
             "policy_source": result.policy.source,
+            "layers": result.layers(),
             "trail": list(result.trail),
         },
     )
