@@ -98,13 +98,7 @@ async def _latest_attempts(
     """The newest deliver attempt per domain that meets ``where``."""
     if not domains:
         return {}
-    newest = (
-        select(Job.domain.label("domain"), func.max(Attempt.id).label("attempt"))
-        .join(Attempt, Attempt.job_id == Job.id)
-        .where(Job.kind == JobKind.DELIVER, Job.domain.in_(domains), *where)
-        .group_by(Job.domain)
-        .subquery()
-    )
+    newest = stats.newest_attempts(domains, *where)
     query = select(newest.c.domain, Attempt).join(Attempt, Attempt.id == newest.c.attempt)
     return {str(domain): attempt for domain, attempt in await session.execute(query)}
 

@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Select, SQLColumnExpression, case, func, select
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, Subquery, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -418,6 +418,17 @@ async def domain_outcomes(
     )
 
 
+def newest_attempts(domains: Sequence[str], *where: ColumnElement[bool]) -> Subquery:
+    """(domain, attempt): the id of each domain's newest delivery attempt meeting ``where``."""
+    return (
+        select(Job.domain.label("domain"), func.max(Attempt.id).label("attempt"))
+        .join(Attempt, Attempt.job_id == Job.id)
+        .where(Job.kind == JobKind.DELIVER, Job.domain.in_(domains), *where)
+        .group_by(Job.domain)
+        .subquery()
+    )
+
+
 async def _latest_per_domain(
     session: AsyncSession,
     domains: Sequence[str],
@@ -426,13 +437,7 @@ async def _latest_per_domain(
 ) -> dict[str, _Latest]:
     if not domains:
         return {}
-    newest = (
-        select(Job.domain.label("domain"), func.max(Attempt.id).label("attempt"))
-        .join(Attempt, Attempt.job_id == Job.id)
-        .where(Job.kind == JobKind.DELIVER, Job.domain.in_(domains), *where)
-        .group_by(Job.domain)
-        .subquery()
-    )
+    newest = newest_attempts(domains, *where)
     query = select(newest.c.domain, Attempt.at, column).join(
         Attempt, Attempt.id == newest.c.attempt
     )
