@@ -165,6 +165,14 @@ async def sign_in(page: Page, conversation: str) -> None:
         raise RuntimeError(f"signing in led to {page.url}")
 
 
+IMITATION = (
+    "From: Org Bank <secure@org-example.com>\r\nTo: giulia.bianchi@example.net\r\n"
+    "Subject: Your account is blocked\r\n\r\n"
+    "Enter your password and card number here: http://192.0.2.7/login\r\n"
+)
+"""An imitation for the check page's result: a look-alike sender, a request for secrets."""
+
+
 async def shoot(harness: PortalHarness, browser: Browser, camera: Camera) -> None:
     current, expired, link = await seed(harness)
     conversation = f"/conversations/{current}"
@@ -204,6 +212,14 @@ async def shoot(harness: PortalHarness, browser: Browser, camera: Camera) -> Non
             await camera.take(page, "conversation", lang, view)
             await page.goto("/account/password")
             await camera.take(page, "password", lang, view)
+            await page.goto("/account/phrase")
+            await camera.take(page, "phrase", lang, view)
+            await page.goto("/check")
+            await camera.take(page, "check", lang, view)
+            await page.locator("textarea[name=source]").fill(IMITATION)
+            async with page.expect_navigation():
+                await page.locator("main button[type=submit]").click()
+            await camera.take(page, "check-result", lang, view)
             await page.goto(f"/conversations/{expired}")
             await camera.take(page, "expired", lang, view)
             await page.goto("/no-such-page")
