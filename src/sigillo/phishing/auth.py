@@ -81,7 +81,7 @@ def check_dkim(
         sig: dict[bytes, bytes] = verifier.signature_fields or {}
         domain = sig.get(b"d", b"").decode("ascii", "replace").lower().rstrip(".")
         selector = sig.get(b"s", b"").decode("ascii", "replace")
-        shown = f"d={domain} s={selector}"
+        shown = cut(f"d={domain} s={selector}", 120)  # both from the (hostile) signature
         if lookup.found is False:
             result.findings.append(Finding("dkim-unverifiable", f"{shown}: key not known"))
             continue

@@ -6,7 +6,7 @@ may be added, never renamed or given another meaning.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -233,6 +233,21 @@ class Finding:
             "explanation": {"en": entry.en, "it": entry.it},
             "evidence": self.evidence,
         }
+
+
+@dataclass(frozen=True)
+class Explained:
+    """A finding as a page lists it: its explanation in the page's language."""
+
+    code: str
+    severity: Severity
+    explanation: str
+    evidence: str
+
+
+def explained(findings: Iterable[Finding], lang: str) -> list[Explained]:
+    """``findings`` in the order given (a report's: most severe first), explained in ``lang``."""
+    return [Explained(f.code, f.severity, f.explanation(lang), f.evidence) for f in findings]
 
 
 def by_severity(findings: list[Finding]) -> tuple[Finding, ...]:

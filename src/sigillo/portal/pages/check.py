@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from sigillo.gateway.addresses import AddressError, split_mailbox
 from sigillo.phishing import Checker, CheckPolicy, Finding, Report
-from sigillo.phishing.findings import by_severity
+from sigillo.phishing.findings import explained
 from sigillo.portal.accounts import MAX_ADDRESS, normalise_address
 from sigillo.portal.i18n import Formats
 from sigillo.portal.pages.base import FORM_LIMIT, BodyTooLarge, Portal, Visitor, drain, form_text
@@ -127,23 +127,6 @@ def plausible_address(value: str) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class Shown:
-    """One finding as the page lists it: in the page's language, worst first."""
-
-    code: str
-    severity: str
-    explanation: str
-    evidence: str
-
-
-def shown(findings: tuple[Finding, ...], lang: str) -> list[Shown]:
-    return [
-        Shown(f.code, f.severity, f.explanation(lang), f.evidence)
-        for f in by_severity(list(findings))
-    ]
-
-
 def routes(portal: Portal, gate: CheckGate | None = None) -> list[Route]:
     if gate is None:
         gate = CheckGate(lambda: Checker(CheckPolicy.from_settings(portal.settings)))
@@ -164,7 +147,7 @@ def routes(portal: Portal, gate: CheckGate | None = None) -> list[Route]:
             here=PATH,
             errors=errors or [],
             verdict=report.verdict if report else None,
-            findings=shown(report.findings, visitor.lang) if report else [],
+            findings=explained(report.findings, visitor.lang) if report else [],
             recipient=visitor.user.address if visitor.user else recipient,
             max_size=Formats(visitor.lang).size(max_size),
             report_address=portal.settings.phishing.report_address,

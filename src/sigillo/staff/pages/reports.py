@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from sigillo.gateway.inbound import ReportChecker
-from sigillo.phishing import Finding
+from sigillo.phishing.findings import explained
 from sigillo.portal.mailview import MessageView, one_line, parse_message
 from sigillo.staff.pages.agent import REASON_MAX, REASON_MIN, read_purpose
 from sigillo.staff.pages.base import N_, Console, NavItem, Page
@@ -185,7 +185,7 @@ def routes(console: Console) -> list[Route]:
         _ = page.gettext
         rid = report_id(page)
         purpose, errors = read_purpose(page.form, _)
-        await load(rid)  # 404 before anything else
+        found = await load(rid)  # 404 before anything else
         if purpose is None:
             return await report_page(
                 page,
@@ -217,7 +217,6 @@ def routes(console: Console) -> list[Route]:
         raw = console.keyring.open(mid, kek, wrapped, content)
         # Checked again for the evidence: the report row keeps only the codes.
         result, mail = await asyncio.to_thread(checker.check, raw)
-        found = await load(rid)
         await page.log(
             OPENED,
             message_id=mid,
@@ -230,7 +229,7 @@ def routes(console: Console) -> list[Route]:
             purpose=purpose,
             opened_at=page.now,
             verdict=result.verdict,
-            findings=_findings(result.findings, page.member.language),
+            findings=explained(result.findings, page.member.language),
             mail=shown(raw, mail),
         )
         response.headers["Cache-Control"] = "no-store"
@@ -268,19 +267,4 @@ def routes(console: Console) -> list[Route]:
         console.page(one, show, roles=SECURITY),
         console.page(f"{one}/open", open_report, roles=SECURITY, methods=post),
         console.page(f"{one}/review", review, roles=SECURITY, methods=post),
-    ]
-
-
-@dataclass(frozen=True)
-class ShownFinding:
-    code: str
-    severity: str
-    explanation: str
-    evidence: str
-
-
-def _findings(findings: tuple[Finding, ...], lang: str) -> list[ShownFinding]:
-    return [
-        ShownFinding(f.code, f.severity, f.explanation(lang), one_line(f.evidence, HEADER_CHARS))
-        for f in findings
     ]
