@@ -183,17 +183,12 @@ def probe(domain: str, config: ConfigOption = None, json_: JsonOption = False) -
     import tempfile
 
     from sigillo.gateway.delivery import Deliverer
-    from sigillo.gateway.dnssec import SecureResolver
-    from sigillo.gateway.mtasts import MtaSts
-    from sigillo.gateway.mx import MXResolver
     from sigillo.policies import DomainPolicies
     from sigillo.store import migrate
 
     settings = settings_from(config)
 
     async def go() -> dict[str, Any]:
-        secure = SecureResolver(settings.dns)
-        resolver = MXResolver(settings.dns, secure=secure)
         # The console's domain policies and the MTA-STS cache count as they would for the
         # worker; without a database the answer rests on the config file and a throw-away
         # cache, and says so.
@@ -213,13 +208,7 @@ def probe(domain: str, config: ConfigOption = None, json_: JsonOption = False) -
             scratch = tempfile.TemporaryDirectory(prefix="sigillo-probe-")
             store = Store(f"sqlite:///{scratch.name}/probe.db")
             await migrate.upgrade(store)
-        deliverer = Deliverer(
-            settings.delivery,
-            resolver,
-            settings.smtp.hostname,
-            secure=secure,
-            mtasts=MtaSts(store, secure, settings.delivery),
-        )
+        deliverer = Deliverer.wired(settings, store)
         deliverer.console = console
         try:
             result = await deliverer.probe(domain.lower().rstrip("."))

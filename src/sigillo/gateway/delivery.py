@@ -17,13 +17,15 @@ import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from sigillo.config import DeliverySettings, TLSLevel
+from sigillo.config import DeliverySettings, Settings, TLSLevel
 from sigillo.gateway.connections import ConnectionCache
 from sigillo.gateway.dane import dane_context, peer_chain
+from sigillo.gateway.dnssec import SecureResolver
+from sigillo.gateway.mtasts import MtaSts
 from sigillo.gateway.mx import MXResolver
 from sigillo.gateway.queue import utcnow
 from sigillo.gateway.smtpclient import (
@@ -48,10 +50,7 @@ from sigillo.gateway.tlspolicy import (
     tls_result_type,
 )
 from sigillo.gateway.tlsrpt import SUCCESS, SessionResult
-
-if TYPE_CHECKING:
-    from sigillo.gateway.dnssec import SecureResolver
-    from sigillo.gateway.mtasts import MtaSts
+from sigillo.store.db import Store
 
 log = structlog.get_logger("sigillo.delivery")
 
@@ -180,6 +179,20 @@ class Deliverer:
         self.console: Mapping[str, TLSLevel] = {}
         """The staff console's TLS levels per domain (``DomainPolicies.tls()``); the config
         file's ``[delivery.domains]`` still wins. Replaced whole by the worker's refresh."""
+
+    @classmethod
+    def wired(cls, settings: Settings, store: Store) -> Deliverer:
+        """The deliverer as the worker (and ``sigillo probe``) runs it: one DNSSEC-aware
+        resolver for MX, TLSA and MTA-STS alike (the AD bit of the very answers used is what
+        DANE relies on), MTA-STS policies cached in ``store``."""
+        secure = SecureResolver(settings.dns)
+        return cls(
+            settings.delivery,
+            MXResolver(settings.dns, secure=secure),
+            settings.smtp.hostname,
+            secure=secure,
+            mtasts=MtaSts(store, secure, settings.delivery),
+        )
 
     def policy(self, domain: str) -> Policy:
         return policy_for(domain, self.settings, self.console)

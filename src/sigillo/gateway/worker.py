@@ -29,10 +29,7 @@ from sigillo.config import Settings
 from sigillo.dkim import DkimSigner
 from sigillo.gateway import queue, tlsrpt
 from sigillo.gateway.delivery import Deliverer, GroupResult, Outcome, RecipientResult
-from sigillo.gateway.dnssec import SecureResolver
 from sigillo.gateway.dsn import FailedRecipient, build_dsn, dsn_bytes
-from sigillo.gateway.mtasts import MtaSts
-from sigillo.gateway.mx import MXResolver
 from sigillo.gateway.relay import send_to_relay
 from sigillo.gateway.smtpclient import SessionError
 from sigillo.notify import (
@@ -88,17 +85,8 @@ class Worker:
             notify.dkim_key_file, notify.dkim_selector, notify.domain
         )
         self.name = worker_name()
-        # One DNSSEC-aware resolver for MX, TLSA, MTA-STS and notifications alike: the AD bit
-        # of the very answers used is what DANE relies on.
-        self.secure = SecureResolver(settings.dns)
-        self.resolver = MXResolver(settings.dns, secure=self.secure)
-        self.deliverer = Deliverer(
-            settings.delivery,
-            self.resolver,
-            settings.smtp.hostname,
-            secure=self.secure,
-            mtasts=MtaSts(store, self.secure, settings.delivery),
-        )
+        self.deliverer = Deliverer.wired(settings, store)
+        self.resolver = self.deliverer.resolver  # notifications resolve MX the same way
         self.wake = asyncio.Event()
         self._policies_loaded = -POLICY_REFRESH
         self._tasks: set[asyncio.Task[None]] = set()
