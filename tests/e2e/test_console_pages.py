@@ -84,7 +84,9 @@ async def test_agent_opens_with_a_purpose(
         await check(page, watch)
         await page.get_by_label("Recipient's email address (exact)").fill("pat@patients.example")
         await page.get_by_role("button", name="Search").click()
-        await page.get_by_role("link", name=f"Conversation {s.conversation_id}").click()
+        # Checked only once the conversation's page has loaded, not during the navigation.
+        async with page.expect_navigation():
+            await page.get_by_role("link", name=f"Conversation {s.conversation_id}").click()
         await check(page, watch)
         assert seed.SECRET_BODY not in await page.content()
         await page.get_by_label("Reason", exact=True).fill("Patient asked about the results")
@@ -116,7 +118,8 @@ async def test_operator_holds_and_releases(
         await sign_in(page, console, olga)
         await page.goto("/staff/queue")
         await check(page, watch)
-        await page.get_by_role("link", name=str(job_id), exact=True).click()
+        async with page.expect_navigation():
+            await page.get_by_role("link", name=str(job_id), exact=True).click()
         await check(page, watch)
         await page.get_by_label("Reason (recorded in the audit log)").fill("patient on holiday")
         await page.get_by_role("button", name="Hold").click()
